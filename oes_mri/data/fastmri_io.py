@@ -1,0 +1,319 @@
+"""Read and write fastMRI-format HDF5 files.
+
+Layout (fastMRI multicoil train/val/test files):
+
+- ``kspace``: complex64 ``[slices, coils, H, W]`` (single-coil: ``[slices, H, W]``), centred.
+- ``reconstruction_rss`` (multicoil) / ``reconstruction_esc`` (single-coil): float32
+  ``[slices, rH, rW]`` target, absent in test files.
+- ``mask``: optional sampling mask, 1-D ``(W,)`` in fastMRI test files, 2-D ``(H, W)`` allowed.
+- ``ismrmrd_header``: XML with the encoded and recon matrix sizes and
+  ``kspace_encoding_step_1`` limits (padding columns), parsed with ``fastmri``'s ``et_query``.
+
+Every problem with a file raises :class:`oes_mri.errors.InputError` with a one-line message
+naming the file; h5py/numpy tracebacks never reach the user.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import xml.etree.ElementTree as etree
+from pathlib import Path
+from typing import Iterator, NamedTuple, Sequence
+
+import h5py
+import numpy as np
+import torch
+
+from oes_mri.errors import InputError
+from oes_mri.physics.masks import SamplingMask, mask_from_array
+
+TARGET_KEYS = {"multicoil": "reconstruction_rss", "singlecoil": "reconstruction_esc"}
+
+
+class Header(NamedTuple):
+    """Geometry from the ISMRMRD header (fastMRI's ``_retrieve_metadata``).
+
+    Attributes:
+        encoded_size: ``(H, W)`` of the encoded matrix (k-space grid).
+        recon_size: ``(rH, rW)`` of the reconstruction (the centre crop scored by fastMRI).
+        padding_left, padding_right: phase-encode columns ``[padding_left, padding_right)``
+            that were acquired; columns outside are zero padding.
+    """
+
+    encoded_size: tuple[int, int]
+    recon_size: tuple[int, int]
+    padding_left: int
+    padding_right: int
+
+
+class VolumeInfo(NamedTuple):
+    """What a file holds, read without loading k-space."""
+
+    path: Path
+    challenge: str
+    num_slices: int
+    num_coils: int
+    shape: tuple[int, int]
+    header: Header
+    has_target: bool
+    mask: SamplingMask | None
+    attrs: dict
+
+
+class Volume(NamedTuple):
+    """A loaded volume (or a slice range of it).
+
+    Attributes:
+        kspace: complex64 tensor ``[slices, coils, H, W]`` (single-coil: ``coils == 1``).
+        target: float32 array ``[slices, rH, rW]`` or ``None``.
+        mask: the file's own :class:`SamplingMask` or ``None``.
+        recon_size: ``(rH, rW)``.
+        attrs: the file's HDF5 attributes.
+        info: the full :class:`VolumeInfo`.
+    """
+
+    kspace: torch.Tensor
+    target: np.ndarray | None
+    mask: SamplingMask | None
+    recon_size: tuple[int, int]
+    attrs: dict
+    info: VolumeInfo
+
+
+def _open(path: Path) -> h5py.File:
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a folder, not an HDF5 file")
+    if not h5py.is_hdf5(path):
+        raise InputError(path, "not an HDF5 file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise InputError(path, f"cannot be opened as HDF5 (truncated or corrupt): {_short(err)}")
+
+
+def _short(err: BaseException) -> str:
+    return str(err).splitlines()[0][:160] if str(err) else type(err).__name__
+
+
+def _parse_header(path: Path, hf: h5py.File, shape: tuple[int, int],
+                  target_shape: tuple[int, int] | None) -> Header:
+    """Header geometry; without an ISMRMRD header: encoded = k-space, recon = target or k-space."""
+    from fastmri.data.mri_data import et_query
+
+    if "ismrmrd_header" not in hf:
+        recon = target_shape or shape
+        return Header(shape, recon, 0, shape[1])
+    try:
+        root = etree.fromstring(hf["ismrmrd_header"][()])
+        enc = ["encoding", "encodedSpace", "matrixSize"]
+        rec = ["encoding", "reconSpace", "matrixSize"]
+        lims = ["encoding", "encodingLimits", "kspace_encoding_step_1"]
+        enc_size = (int(et_query(root, enc + ["x"])), int(et_query(root, enc + ["y"])))
+        recon = (int(et_query(root, rec + ["x"])), int(et_query(root, rec + ["y"])))
+        center = int(et_query(root, lims + ["center"]))
+        maximum = int(et_query(root, lims + ["maximum"])) + 1
+    except (etree.ParseError, RuntimeError, ValueError, TypeError) as err:
+        raise InputError(path, f"unreadable ismrmrd_header: {_short(err)}")
+    padding_left = enc_size[1] // 2 - center
+    recon = target_shape or recon
+    if recon[0] > shape[0] or recon[1] > shape[1]:
+        raise InputError(path, f"recon size {recon} is larger than the k-space {shape}")
+    return Header(shape, recon, padding_left, padding_left + maximum)
+
+
+def read_info(path: str | os.PathLike, challenge: str | None = None) -> VolumeInfo:
+    """Read a file's layout, header and mask without loading k-space.
+
+    Args:
+        path: fastMRI HDF5 file.
+        challenge: "multicoil" or "singlecoil"; default: from the rank of ``kspace``.
+
+    Raises:
+        InputError: for every problem, with a one-line message naming the file.
+    """
+    path = Path(path)
+    with _open(path) as hf:
+        if "kspace" not in hf:
+            raise InputError(path, f"no 'kspace' dataset (found: {', '.join(hf.keys()) or 'none'})")
+        ds = hf["kspace"]
+        if not np.issubdtype(ds.dtype, np.complexfloating):
+            raise InputError(path, f"'kspace' has real dtype {ds.dtype}; complex k-space is required")
+        rank = {"multicoil": 4, "singlecoil": 3}
+        if challenge is None:
+            challenge = {4: "multicoil", 3: "singlecoil"}.get(ds.ndim)
+            if challenge is None:
+                raise InputError(path, f"'kspace' has rank {ds.ndim}; expected 4 [slices, coils, H, W] "
+                                       "(multicoil) or 3 [slices, H, W] (singlecoil)")
+        elif challenge not in rank:
+            raise InputError(path, f"unknown challenge {challenge!r}")
+        elif ds.ndim != rank[challenge]:
+            raise InputError(path, f"'kspace' has rank {ds.ndim}; {challenge} needs rank {rank[challenge]}")
+        num_slices = ds.shape[0]
+        num_coils = ds.shape[1] if challenge == "multicoil" else 1
+        shape = (int(ds.shape[-2]), int(ds.shape[-1]))
+        if num_slices == 0 or min(shape) == 0:
+            raise InputError(path, f"'kspace' is empty (shape {ds.shape})")
+        tkey = TARGET_KEYS[challenge]
+        target_shape = None
+        if tkey in hf:
+            tshape = hf[tkey].shape
+            if len(tshape) != 3 or tshape[0] != num_slices:
+                raise InputError(path, f"'{tkey}' has shape {tshape}; expected [{num_slices}, rH, rW]")
+            target_shape = (int(tshape[1]), int(tshape[2]))
+        mask = None
+        if "mask" in hf:
+            try:
+                mask = mask_from_array(hf["mask"][()], shape, source="mask")
+            except ValueError as err:
+                raise InputError(path, str(err))
+        header = _parse_header(path, hf, shape, target_shape)
+        attrs = {k: _plain(v) for k, v in hf.attrs.items()}
+    return VolumeInfo(path, challenge, num_slices, num_coils, shape, header,
+                      target_shape is not None, mask, attrs)
+
+
+def _plain(value):
+    """HDF5 attribute -> JSON-friendly Python value."""
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+def _check_kspace(path: Path, kspace: np.ndarray, index: int) -> None:
+    if not np.isfinite(kspace).all():
+        raise InputError(path, f"'kspace' slice {index} contains NaN or Inf values")
+    if not np.any(kspace):
+        raise InputError(path, f"'kspace' slice {index} is all zero")
+
+
+def _read(path: Path, key: str, sel) -> np.ndarray:
+    try:
+        with _open(path) as hf:
+            return hf[key][sel]
+    except (OSError, KeyError) as err:
+        raise InputError(path, f"cannot read '{key}' (truncated or corrupt file?): {_short(err)}")
+
+
+def load_slice(info: VolumeInfo, index: int) -> tuple[torch.Tensor, np.ndarray | None]:
+    """One slice: k-space ``[coils, H, W]`` complex64 and target ``[rH, rW]`` or ``None``.
+
+    Raises:
+        InputError: for NaN/Inf or all-zero k-space, or an unreadable dataset.
+    """
+    if not 0 <= index < info.num_slices:
+        raise InputError(info.path, f"slice {index} out of range (0..{info.num_slices - 1})")
+    k = np.asarray(_read(info.path, "kspace", index), dtype=np.complex64)
+    _check_kspace(info.path, k, index)
+    if info.challenge == "singlecoil":
+        k = k[None]
+    target = None
+    if info.has_target:
+        target = np.asarray(_read(info.path, TARGET_KEYS[info.challenge], index), np.float32)
+    return torch.from_numpy(np.ascontiguousarray(k)), target
+
+
+def parse_slices(spec: str | None, num_slices: int) -> list[int]:
+    """``"10:20"``, ``"3"``, ``"0,4,7"`` or ``None`` (all) -> slice indices.
+
+    Raises:
+        ValueError: for a malformed or out-of-range spec.
+    """
+    if spec is None or spec in ("", "all", ":"):
+        return list(range(num_slices))
+    out: list[int] = []
+    for part in spec.split(","):
+        if ":" in part:
+            a, b = part.split(":", 1)
+            start = int(a) if a else 0
+            stop = int(b) if b else num_slices
+            out.extend(range(start, min(stop, num_slices)))
+        else:
+            out.append(int(part))
+    if not out or any(i < 0 or i >= num_slices for i in out):
+        raise ValueError(f"slices {spec!r} do not fit a volume of {num_slices} slices")
+    return sorted(set(out))
+
+
+def load_volume(path: str | os.PathLike, slices: Sequence[int] | None = None,
+                challenge: str | None = None) -> Volume:
+    """Load a fastMRI volume.
+
+    Args:
+        path: fastMRI HDF5 file.
+        slices: slice indices (default all).
+        challenge: "multicoil" / "singlecoil" (default: from the file).
+
+    Returns:
+        a :class:`Volume`; ``kspace`` is ``[slices, coils, H, W]`` complex64.
+    """
+    info = read_info(path, challenge)
+    idx = list(range(info.num_slices)) if slices is None else list(slices)
+    pairs = [load_slice(info, i) for i in idx]
+    kspace = torch.stack([k for k, _ in pairs])
+    target = np.stack([t for _, t in pairs]) if info.has_target else None
+    return Volume(kspace, target, info.mask, info.header.recon_size, info.attrs, info)
+
+
+def list_volumes(path: str | os.PathLike) -> list[Path]:
+    """A file, or the sorted ``*.h5`` files of a folder.
+
+    Raises:
+        InputError: when the path does not exist or the folder holds no ``.h5`` file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "file not found")
+    if path.is_dir():
+        files = sorted(p for p in path.glob("*.h5") if p.is_file())
+        if not files:
+            raise InputError(path, "folder holds no .h5 files")
+        return files
+    return [path]
+
+
+def iter_volumes(path: str | os.PathLike, challenge: str | None = None) -> Iterator[VolumeInfo]:
+    """:func:`read_info` for each volume of a file or folder."""
+    for f in list_volumes(path):
+        yield read_info(f, challenge)
+
+
+def atomic_h5(path: str | os.PathLike, datasets: dict[str, np.ndarray], attrs: dict | None = None) -> None:
+    """Write an HDF5 file atomically: a temporary file beside it, then ``os.replace``.
+
+    Args:
+        path: final file name.
+        datasets: name -> array (``bytes`` for string scalars).
+        attrs: file attributes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as hf:
+            for name, data in datasets.items():
+                hf.create_dataset(name, data=data)
+            for k, v in (attrs or {}).items():
+                hf.attrs[k] = v
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_reconstruction(path: str | os.PathLike, reconstruction: np.ndarray) -> None:
+    """fastMRI submission format: dataset ``reconstruction`` float32 ``[slices, rH, rW]``.
+
+    ``fastmri.evaluate`` reads these files unchanged. The write is atomic.
+    """
+    rec = np.asarray(reconstruction, dtype=np.float32)
+    if rec.ndim != 3:
+        raise ValueError(f"reconstruction must be [slices, rH, rW], got shape {rec.shape}")
+    atomic_h5(path, {"reconstruction": rec})

@@ -1,0 +1,62 @@
+"""The built-in sample: matplotlib's real MR slice simulated as a fastMRI multicoil file.
+
+matplotlib ships ``s1045.ima.gz``, a 256x256 uint16 sagittal head slice (a real MR image).
+It is resampled to 160x160 and simulated by :mod:`oes_mri.data.simulate` with 8 birdcage
+coils, 2x readout oversampling and phase-encode padding (encoded 320x184, half the fastMRI
+knee's 640x368 in each direction; recon 160x160) and complex noise (RSS SNR 30), at the
+fastMRI knee intensity scale (max 3e-4). Generated on first use into the cache folder
+(``$OES_MRI_CACHE``, default ``~/.cache/oes_mri``), deterministically.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_NAME = "sample_head_8coil.h5"
+SAMPLE_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """``$OES_MRI_CACHE`` or ``$XDG_CACHE_HOME/oes_mri`` or ``~/.cache/oes_mri`` (created)."""
+    root = os.environ.get("OES_MRI_CACHE")
+    if root:
+        path = Path(root)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = Path(base) / "oes_mri"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def matplotlib_mr_slice() -> np.ndarray:
+    """The 256x256 MR slice that matplotlib ships, as float64."""
+    from matplotlib import cbook
+
+    with cbook.get_sample_data("s1045.ima.gz") as f:
+        data = f.read()
+    if data[:2] == b"\x1f\x8b":  # some matplotlib versions return the still-gzipped bytes
+        data = gzip.decompress(data)
+    return np.frombuffer(data, np.uint16).reshape(256, 256).astype(np.float64)
+
+
+def sample_image(size: int = 160) -> np.ndarray:
+    """The slice resampled to ``size x size`` (cubic spline), clipped at zero."""
+    from scipy.ndimage import zoom
+
+    img = zoom(matplotlib_mr_slice(), size / 256.0, order=3)
+    return np.clip(img, 0, None)
+
+
+def sample_path() -> Path:
+    """Path of the built-in sample file, generated on first use (about a second)."""
+    from oes_mri.data.simulate import write_fastmri_file
+
+    path = cache_dir() / f"v{SAMPLE_VERSION}" / SAMPLE_NAME
+    if not path.exists():
+        write_fastmri_file(path, sample_image()[None], num_coils=8, snr=30.0, seed=1045,
+                           scale=3e-4, acquisition="SIM_HEAD")
+    return path

@@ -1,0 +1,14 @@
+"""The one exception type for bad input: its message is one line naming the file and the problem."""
+
+from __future__ import annotations
+
+import os
+
+
+class InputError(ValueError):
+    """Bad input (a file, a mask, an option). ``str(err)`` is one line for the user."""
+
+    def __init__(self, source: str | os.PathLike | None, problem: str) -> None:
+        self.source = None if source is None else str(source)
+        self.problem = problem
+        super().__init__(f"{self.source}: {problem}" if self.source else problem)

@@ -1,0 +1,1 @@
+"""Forward-operator layer: FFTs, sampling masks, coil sensitivities, SENSE operators."""

@@ -1,0 +1,1 @@
+"""Reconstruction solvers: classical baselines and the (Sparse-)DIP fit loop."""

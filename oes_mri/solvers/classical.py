@@ -1,0 +1,110 @@
+"""Classical baselines: zero-filled, CG-SENSE, L1-wavelet and total-variation CS.
+
+Each solver is a function ``(kspace, mask, maps, ...) -> Recon`` on one slice:
+``kspace`` ``(C, H, W)`` complex64 (zero-filled, undersampled), ``mask`` broadcastable
+``(1, W)`` / ``(H, W)``, ``maps`` ``(C, H, W)``. The output image is then made by
+:func:`oes_mri.solvers.combine.dc_rss` from ``Recon.coil_images``.
+
+Regularisation weights are relative to the data scale: the k-space is divided by
+``s = max |A^H y|`` before solving and the image multiplied by ``s`` after, so the same
+default works on fastMRI knee data (~1e-4), the built-in sample and the tiny-scale phantom.
+CG-SENSE (Tikhonov) is linear in ``y`` and needs no such scaling. L1-wavelet and TV are
+sigpy's ``L1WaveletRecon`` / ``TotalVariationRecon`` and run on the CPU (sigpy would need
+CuPy for a GPU); CG-SENSE runs in torch on the tensors' device.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from oes_mri.physics.fft import ifft2c
+from oes_mri.physics.sense import SenseOp
+
+
+class Recon(NamedTuple):
+    """A reconstruction of one slice.
+
+    Attributes:
+        coil_images: ``(C, H, W)`` complex, fed to data consistency + RSS.
+        image: SENSE-combined complex image ``(H, W)``, or ``None`` (zero-filled RSS).
+    """
+
+    coil_images: torch.Tensor
+    image: torch.Tensor | None
+
+
+def zero_filled(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | None = None) -> Recon:
+    """Zero-filled: coil images ``F^H y``; image ``A^H y`` when maps are given."""
+    image = SenseOp(maps, mask).adjoint(kspace) if maps is not None else None
+    return Recon(ifft2c(kspace), image)
+
+
+def conjugate_gradient(normal, rhs: torch.Tensor, max_iter: int, tol: float = 1e-6) -> torch.Tensor:
+    """Solve ``N x = b`` for Hermitian positive-definite ``N`` by conjugate gradients from 0."""
+    x = torch.zeros_like(rhs)
+    r = rhs.clone()
+    p = r.clone()
+    rs = torch.vdot(r.flatten(), r.flatten()).real
+    stop = tol**2 * rs
+    for _ in range(max_iter):
+        Ap = normal(p)
+        alpha = rs / torch.vdot(p.flatten(), Ap.flatten()).real
+        x = x + alpha * p
+        r = r - alpha * Ap
+        rs_new = torch.vdot(r.flatten(), r.flatten()).real
+        if rs_new <= stop:
+            break
+        p = r + (rs_new / rs) * p
+        rs = rs_new
+    return x
+
+
+def cg_sense(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor,
+             lamda: float = 0.01, max_iter: int = 50) -> Recon:
+    """CG-SENSE: ``argmin_x ||A x - y||^2 + lamda ||x||^2``, ``A = M F S``.
+
+    Solves ``(A^H A + lamda I) x = A^H y`` by conjugate gradients (``max_iter`` iterations).
+    With ESPIRiT maps and a unitary FFT, ``A^H A`` has eigenvalues in [0, 1], so ``lamda``
+    is relative to the operator and the solution is linear in ``y`` (scale-free).
+    """
+    op = SenseOp(maps, mask)
+    x = conjugate_gradient(lambda v: op.normal(v) + lamda * v, op.adjoint(kspace), max_iter)
+    return Recon(op.coil_images(x), x)
+
+
+def data_scale(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor) -> float:
+    """``max |A^H y|``: the scale that regularisation weights are relative to."""
+    s = float(SenseOp(maps, mask).adjoint(kspace).abs().max())
+    return s if s > 0 else 1.0
+
+
+def _sigpy_recon(app_cls, kspace, mask, maps, lamda, max_iter, **kwargs) -> Recon:
+    s = data_scale(kspace, mask, maps)
+    y = (kspace / s).detach().cpu().numpy().astype(np.complex64)
+    mps = maps.detach().cpu().numpy().astype(np.complex64)
+    weights = np.broadcast_to(mask.detach().cpu().numpy().astype(np.float32), y.shape[-2:])
+    app = app_cls(y, mps, lamda, weights=np.ascontiguousarray(weights), max_iter=max_iter,
+                  show_pbar=False, **kwargs)
+    x = torch.from_numpy(np.asarray(app.run()).astype(np.complex64)).to(kspace.device) * s
+    return Recon(maps * x, x)
+
+
+def l1_wavelet(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor,
+               lamda: float = 1e-3, max_iter: int = 100) -> Recon:
+    """L1-wavelet CS: ``argmin_x 1/2 ||A x - y/s||^2 + lamda ||W x||_1`` (sigpy, Daubechies-4),
+    with ``s = max |A^H y|``; returns ``s x``."""
+    import sigpy.mri
+
+    return _sigpy_recon(sigpy.mri.app.L1WaveletRecon, kspace, mask, maps, lamda, max_iter)
+
+
+def total_variation(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor,
+                    lamda: float = 1e-3, max_iter: int = 100) -> Recon:
+    """TV CS: ``argmin_x 1/2 ||A x - y/s||^2 + lamda ||grad x||_1`` (sigpy PDHG);
+    returns ``s x``."""
+    import sigpy.mri
+
+    return _sigpy_recon(sigpy.mri.app.TotalVariationRecon, kspace, mask, maps, lamda, max_iter)

@@ -1,0 +1,48 @@
+"""Shared fixtures: an isolated cache folder, tiny simulated fastMRI files, the real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache(tmp_path_factory):
+    """Every test session gets its own cache folder (sample, maps)."""
+    os.environ["OES_MRI_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+
+
+def shared_file(name: str) -> Path:
+    """A file of ../shared/data, or skip the test with the reason."""
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"real data {path} not present (../shared/data is not in a user's clone)")
+    return path
+
+
+def phantom_image(n: int = 32, seed: int = 0) -> np.ndarray:
+    """A small smooth test object: random ellipses, deterministic."""
+    rng = np.random.default_rng(seed)
+    y, x = np.meshgrid(np.linspace(-1, 1, n), np.linspace(-1, 1, n), indexing="ij")
+    img = np.zeros((n, n))
+    for _ in range(5):
+        cx, cy = rng.uniform(-0.3, 0.3, 2)
+        a, b = rng.uniform(0.2, 0.6, 2)
+        img += rng.uniform(0.3, 1.0) * (((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 < 1)
+    img += 0.5 * ((x / 0.8) ** 2 + (y / 0.9) ** 2 < 1)
+    return img
+
+
+@pytest.fixture(scope="session")
+def tiny_file(tmp_path_factory) -> Path:
+    """A 2-slice, 4-coil simulated fastMRI file, recon 32x32 (k-space 64x36)."""
+    from oes_mri.data.simulate import write_fastmri_file
+
+    path = tmp_path_factory.mktemp("tiny") / "tiny_vol.h5"
+    imgs = np.stack([phantom_image(32, 0), phantom_image(32, 1)])
+    return write_fastmri_file(path, imgs, num_coils=4, snr=40.0, seed=3, scale=2e-4)
