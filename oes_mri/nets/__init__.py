@@ -1,0 +1,1 @@
+"""Untrained generators: the DIP hourglass (OES default), ConvDecoder, deep decoder."""

@@ -1,0 +1,1 @@
+"""Pruning at initialisation: weight masks, OES mask learning, and baselines."""

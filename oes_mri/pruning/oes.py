@@ -1,0 +1,116 @@
+"""Optimal Eye Surgeon: learn a Bernoulli mask over a generator's weights at initialisation.
+
+For logits ``p`` over the prunable weights ``w`` (frozen at their random init), each step
+draws a relaxed Bernoulli (Gumbel-softmax / binary concrete) mask
+
+    m = sigmoid((p + log u - log(1 - u)) / tau),   u ~ U(0, 1),
+
+and minimises ``L(G_{w * m}(z)) + kl_weight * sum KL(Bern(sigmoid(p)) || Bern(density))``
+with Adam on ``p`` only (Ghosh et al., ICML 2024). ``L`` is the normalised k-space data term.
+The binary mask is the global top-k of ``p`` at the target density
+(:func:`oes_mri.pruning.weightmask.topk_masks`). The mask is applied functionally
+(``torch.func.functional_call``): no copy of the network per step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from oes_mri.pruning.weightmask import WeightMask, prunable_names, topk_masks
+
+
+class DegenerateMaskError(RuntimeError):
+    """The pruned generator's output is zero, constant or non-finite, or a layer collapsed."""
+
+
+def bernoulli_kl(q: torch.Tensor, density: float) -> torch.Tensor:
+    """``sum KL(Bern(q) || Bern(density))`` over all entries."""
+    eps = 1e-7
+    q = q.clamp(eps, 1 - eps)
+    return (q * torch.log(q / density) + (1 - q) * torch.log((1 - q) / (1 - density))).sum()
+
+
+def relaxed_mask(logits: torch.Tensor, tau: float, generator: torch.Generator | None) -> torch.Tensor:
+    """One binary-concrete sample ``sigmoid((p + log u - log(1-u)) / tau)``."""
+    u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp(1e-6, 1 - 1e-6)
+    return torch.sigmoid((logits + torch.log(u) - torch.log1p(-u)) / tau)
+
+
+def learn_oes_logits(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], names: list[str],
+                     density: float, steps: int, tau: float = 0.2, kl_weight: float = 1e-9,
+                     lr: float = 1e-2, seed: int = 0) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Run OES mask learning; returns the logits by name and the loss every step.
+
+    Args:
+        gen: the generator (its weights are not changed; BatchNorm running stats are).
+        loss_fn: maps the generator output to the scalar data term.
+        names: the prunable parameters.
+        density, tau, kl_weight, lr: OES hyper-parameters (published: 0.05, 0.2, 1e-9, 1e-2).
+        steps: Adam steps on the logits.
+        seed: seeds the Gumbel noise.
+    """
+    params = {n: p.detach() for n, p in gen.named_parameters()}
+    logits = {n: torch.zeros_like(params[n], requires_grad=True) for n in names}
+    opt = torch.optim.Adam(logits.values(), lr=lr)
+    rng = torch.Generator(device=next(iter(params.values())).device).manual_seed(int(seed))
+    losses = torch.zeros(steps, device=next(iter(params.values())).device)
+    for step in range(steps):
+        masked = {n: params[n] * relaxed_mask(logits[n], tau, rng) for n in names}
+        out = functional_call(gen, {**params, **masked}, ())
+        data = loss_fn(out)
+        kl = sum(bernoulli_kl(torch.sigmoid(p), density) for p in logits.values())
+        loss = data + kl_weight * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses[step] = data.detach()
+    return {n: p.detach() for n, p in logits.items()}, losses.tolist()
+
+
+def check_pruned(gen: nn.Module, mask: WeightMask) -> None:
+    """Fail loudly when pruning collapsed the generator.
+
+    Raises:
+        DegenerateMaskError: a weight tensor (conv or BatchNorm scale) kept nothing, or the
+            pruned output is non-finite, zero or spatially constant.
+    """
+    dead = [n for n, m in mask.masks.items() if n.endswith("weight") and not bool(m.any())]
+    if dead:
+        raise DegenerateMaskError(f"layer collapse: pruning kept no entry of {', '.join(dead[:4])}"
+                                  f"{' ...' if len(dead) > 4 else ''}; use a smaller prunable scope "
+                                  "or a minimum per-layer density")
+    params = {n: p.detach() for n, p in gen.named_parameters()}
+    masked = {n: params[n] * m.to(params[n].dtype) for n, m in mask.masks.items()}
+    with torch.no_grad():
+        out = functional_call(gen, {**params, **masked}, ())
+    mag = out.abs()
+    if not bool(torch.isfinite(mag).all()):
+        raise DegenerateMaskError("pruned generator output is not finite")
+    mean = float(mag.mean())
+    if mean == 0.0 or float(mag.std()) <= 1e-4 * mean:
+        raise DegenerateMaskError("pruned generator output is zero or constant: the mask "
+                                  "disconnected the network")
+
+
+def oes_mask(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], density: float = 0.05,
+             steps: int = 300, scope: str = "conv", min_layer_density: float = 0.0, tau: float = 0.2,
+             kl_weight: float = 1e-9, lr: float = 1e-2, seed: int = 0,
+             meta: dict | None = None) -> tuple[WeightMask, list[float]]:
+    """Learn logits (:func:`learn_oes_logits`), threshold by global top-k, check, return.
+
+    Returns:
+        the :class:`WeightMask` (metadata: method, density, steps, tau, kl_weight, scope, ...)
+        and the data loss of every mask-learning step.
+    """
+    names = prunable_names(gen, scope)
+    logits, losses = learn_oes_logits(gen, loss_fn, names, density, steps, tau, kl_weight, lr, seed)
+    mask = WeightMask(topk_masks(logits, density, min_layer_density), {
+        **(meta or {}), "method": "oes", "density": density, "mask_steps": steps, "tau": tau,
+        "kl_weight": kl_weight, "mask_lr": lr, "scope": scope,
+        "min_layer_density": min_layer_density, "mask_seed": seed})
+    check_pruned(gen, mask)
+    return mask, losses

@@ -1,0 +1,181 @@
+"""Named boolean masks over a module's parameters: select, threshold, apply, save, load.
+
+A :class:`WeightMask` maps parameter names to boolean tensors (True = kept) and carries
+metadata (architecture config, init seed, density, method, source). Applying it zeroes the
+pruned weights in place and masks their gradients, so they stay exactly zero through
+training with any optimizer without weight decay (the fit loop also re-applies it after each
+step). Files are safetensors (tensors) with the metadata as JSON in the header: loading a
+mask never runs code, and masks are matched by name and shape, never by ``parameters()``
+order.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from oes_mri.errors import InputError
+
+SCOPES = ("conv", "conv+out", "all")
+
+
+def prunable_names(module: nn.Module, scope: str = "conv") -> list[str]:
+    """Names of the parameters that a mask covers.
+
+    Args:
+        module: the generator.
+        scope: "conv": weights of every convolution except the final output conv (the default:
+            a measured choice, pruning BatchNorm, biases and the 2-channel output conv collapses
+            layers); "conv+out": with the output conv; "all": every parameter (OES as published).
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"unknown prunable scope {scope!r}; one of {SCOPES}")
+    if scope == "all":
+        return [n for n, _ in module.named_parameters()]
+    convs = [n for n, m in module.named_modules() if isinstance(m, nn.Conv2d)]
+    if scope == "conv":
+        convs = convs[:-1]
+    return [f"{n}.weight" for n in convs]
+
+
+def topk_masks(scores: dict[str, torch.Tensor], density: float,
+               min_layer_density: float = 0.0) -> dict[str, torch.Tensor]:
+    """Global top-k: keep the ``k = round(density * N)`` highest scores over all tensors.
+
+    Each tensor first keeps its own top ``ceil(min_layer_density * n)`` entries (a floor
+    against layer collapse); the rest of the ``k`` are the global top among the others.
+    Ties are broken by position (deterministic). The kept count is exactly ``k`` (or the sum
+    of the floors, when that is larger).
+    """
+    if not 0 < density <= 1:
+        raise ValueError(f"density must be in (0, 1], got {density}")
+    names = list(scores)
+    flat = torch.cat([scores[n].detach().flatten().float() for n in names])
+    sizes = [scores[n].numel() for n in names]
+    k = int(round(density * flat.numel()))
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    if min_layer_density > 0:
+        start = 0
+        for n_l in sizes:
+            f = min(n_l, math.ceil(min_layer_density * n_l))
+            idx = torch.topk(flat[start:start + n_l], f, sorted=False).indices
+            keep[start + idx] = True
+            start += n_l
+    rest = k - int(keep.sum())
+    if rest > 0:
+        masked = flat.masked_fill(keep, float("-inf"))
+        keep[torch.topk(masked, rest, sorted=False).indices] = True
+    out, start = {}, 0
+    for n, n_l in zip(names, sizes):
+        out[n] = keep[start:start + n_l].reshape(scores[n].shape).clone()
+        start += n_l
+    return out
+
+
+@dataclass
+class WeightMask:
+    """Boolean masks by parameter name, with metadata."""
+
+    masks: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def density(self) -> float:
+        """Kept fraction of the masked parameters."""
+        kept = sum(int(m.sum()) for m in self.masks.values())
+        return kept / max(1, sum(m.numel() for m in self.masks.values()))
+
+    def layer_densities(self) -> dict[str, float]:
+        """Kept fraction per tensor."""
+        return {n: float(m.float().mean()) for n, m in self.masks.items()}
+
+    def to(self, device: torch.device | str) -> "WeightMask":
+        return WeightMask({n: m.to(device) for n, m in self.masks.items()}, dict(self.meta))
+
+    def check_fits(self, module: nn.Module, source: str | None = None) -> None:
+        """Raise :class:`InputError` unless every masked name exists with the same shape."""
+        params = dict(module.named_parameters())
+        for n, m in self.masks.items():
+            if n not in params:
+                raise InputError(source, f"weight mask names parameter {n!r} that the network lacks "
+                                         f"(architecture mismatch: mask made for {self.meta.get('arch')})")
+            if tuple(params[n].shape) != tuple(m.shape):
+                raise InputError(source, f"weight mask for {n!r} has shape {tuple(m.shape)} but the "
+                                         f"network's is {tuple(params[n].shape)} (architecture mismatch)")
+
+    @torch.no_grad()
+    def apply_(self, module: nn.Module) -> list:
+        """Zero the pruned weights in place and mask their gradients.
+
+        Returns:
+            the gradient hook handles (``handle.remove()`` undoes the hooks).
+        """
+        self.check_fits(module)
+        params = dict(module.named_parameters())
+        handles = []
+        for n, m in self.masks.items():
+            p = params[n]
+            mf = m.to(p.device, p.dtype)
+            p.mul_(mf)
+            handles.append(p.register_hook(lambda g, mf=mf: g * mf))
+        return handles
+
+    @torch.no_grad()
+    def reapply_(self, module: nn.Module) -> None:
+        """Zero the pruned weights again (cheap; after an optimizer step)."""
+        params = dict(module.named_parameters())
+        for n, m in self.masks.items():
+            params[n].mul_(m.to(params[n].dtype))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a safetensors file (bool tensors + JSON metadata), atomically."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            save_file({n: m.to("cpu", torch.bool).contiguous() for n, m in self.masks.items()}, tmp,
+                      metadata={"oes_mri": json.dumps(self.meta, sort_keys=True)})
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "WeightMask":
+        """Read a mask file written by :meth:`save`.
+
+        Raises:
+            InputError: the file is missing or not a weight-mask file.
+        """
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise InputError(path, "weight mask file not found")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {}).get("oes_mri", "{}"))
+                masks = {n: f.get_tensor(n).to(torch.bool) for n in f.keys()}
+        except Exception as err:  # safetensors raises its own error types
+            raise InputError(path, f"not a readable weight mask file ({type(err).__name__}: "
+                                   f"{str(err).splitlines()[0][:120] if str(err) else ''})")
+        if not masks:
+            raise InputError(path, "weight mask file holds no masks")
+        return cls(masks, meta)
+
+
+def masks_like(module: nn.Module, names: Iterable[str], fill: bool = True) -> dict[str, torch.Tensor]:
+    """All-True (or all-False) masks for the named parameters."""
+    params = dict(module.named_parameters())
+    return {n: torch.full_like(params[n], fill, dtype=torch.bool) for n in names}
