@@ -23,7 +23,7 @@ from torch import nn
 from oes_mri.nets.decoder import ConvDecoder
 from oes_mri.nets.hourglass import Hourglass
 
-ARCHS = ("hourglass", "convdecoder", "deepdecoder", "hourglass-small")
+ARCHS = ("hourglass", "hourglass-small", "hourglass-tiny", "convdecoder", "deepdecoder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,8 @@ class ArchConfig:
     """A generator's architecture: ``name`` and keyword arguments of its class.
 
     Names: "hourglass" (OES default), "hourglass-small" (channels [8, 16, 32, 64, 64, 64],
-    for tests and quick runs), "convdecoder", "deepdecoder".
+    for quick runs), "hourglass-tiny" (3 levels [8, 16, 16], for tests), "convdecoder",
+    "deepdecoder".
     """
 
     name: str = "hourglass"
@@ -52,6 +53,9 @@ def _make_net(cfg: ArchConfig, out_channels: int) -> nn.Module:
         return Hourglass(cfg.input_channels, out_channels, **cfg.kwargs)
     if cfg.name == "hourglass-small":
         kw = {"channels": (8, 16, 32, 64, 64, 64), **cfg.kwargs}
+        return Hourglass(cfg.input_channels, out_channels, **kw)
+    if cfg.name == "hourglass-tiny":
+        kw = {"channels": (8, 16, 16), **cfg.kwargs}
         return Hourglass(cfg.input_channels, out_channels, **kw)
     if cfg.name in ("convdecoder", "deepdecoder"):
         kw = {"channels": 64, "num_layers": 6, "kernel_size": 3 if cfg.name == "convdecoder" else 1,

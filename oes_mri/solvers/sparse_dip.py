@@ -55,8 +55,8 @@ class DipConfig:
     pruning: str = "oes"
     arch: ArchConfig = dataclasses.field(default_factory=ArchConfig)
     density: float = 0.05
-    mask_steps: int = 200
-    steps: int = 400
+    mask_steps: int = 100
+    steps: int = 300
     lr: float = 1e-2
     mask_lr: float = 1e-2
     tau: float = 0.2

@@ -1,0 +1,228 @@
+"""python -m oes_mri.recon: reconstruct undersampled fastMRI volumes and compare methods.
+
+Reads fastMRI HDF5 files (or the built-in sample), undersamples them retrospectively with a
+fastMRI mask (seed from the file name, like the challenge) or uses the file's own mask,
+reconstructs each slice with the chosen methods (Sparse-DIP pruned by OES, dense DIP,
+CG-SENSE, L1-wavelet, TV, zero-filled, pruning baselines) and writes fastMRI submission
+files, metrics (fastMRI definitions), figures and a report under --out. Interrupted runs
+resume from per-slice checkpoints when the same command is run again.
+
+Exit codes: 0 success; 2 bad input or options (one line on stderr; --debug for a traceback);
+130 interrupted (finished slices are kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from oes_mri.errors import InputError
+
+log = logging.getLogger("oes_mri")
+
+EPILOG = """\
+outputs (under --out):
+  <method>/<input file name>   fastMRI submission format: dataset 'reconstruction',
+                               float32 [slices, rH, rW], on the target's intensity scale
+  metrics.json, metrics.csv    one record per (volume, method): file, method, acceleration
+                               (realised), center_fraction, slices, nmse, psnr, ssim
+                               (fastMRI definitions, null without a target), seconds, device
+  figures/                     comparison grid, PSNR-vs-step curves, sampling mask per volume
+  report.md                    the table, the figures, the command line and versions
+  .checkpoints/                per-slice results; a rerun of the same command resumes
+
+examples:
+  python -m oes_mri.recon --accel 4
+  python -m oes_mri.recon --data knee/file1000001.h5 --slices 15:20 --methods all --device cuda
+  python -m oes_mri.recon --data knee_val/ --accel 8 --weight-mask recon_out/oes_mask.safetensors
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from oes_mri.methods import DEFAULT_METHODS, METHODS
+    from oes_mri.nets.generator import ARCHS
+
+    p = argparse.ArgumentParser(prog="python -m oes_mri.recon", description=__doc__.split("\n\n")[1],
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--data", type=Path, default=None,
+                   help="a fastMRI .h5 file or a folder of them (default: the built-in sample)")
+    g.add_argument("--slices", default=None, help="slice selection, e.g. '10:20', '3', '0,5,9' (default: all)")
+    g.add_argument("--challenge", choices=["multicoil", "singlecoil"], default=None,
+                   help="default: from the rank of 'kspace'")
+    g = p.add_argument_group("undersampling")
+    g.add_argument("--accel", type=float, default=4.0, help="acceleration, any value >= 1 (default 4)")
+    g.add_argument("--center-fraction", type=float, default=None,
+                   help="fully sampled centre fraction (default fastMRI's: 0.08 at 4x, 0.04 at 8x, 0.32/accel)")
+    g.add_argument("--mask", dest="mask_kind", choices=["random", "equispaced", "poisson", "file"], default="random",
+                   help="fastMRI random/equispaced columns, 2-D Poisson-disc, or the file's own 'mask' (default random)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="mask seed (default: fastMRI's per-volume seed tuple(map(ord, file name)))")
+    g = p.add_argument_group("methods")
+    g.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                   help=f"comma list of {', '.join(METHODS)}, or 'all' (default {','.join(DEFAULT_METHODS)})")
+    g = p.add_argument_group("Sparse-DIP (oes) and DIP")
+    g.add_argument("--density", type=float, default=0.05, help="kept fraction of prunable weights (default 0.05)")
+    g.add_argument("--mask-steps", type=int, default=None, help="OES mask-learning steps")
+    g.add_argument("--steps", type=int, default=None, help="fitting steps")
+    g.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the fit (default 0.01)")
+    g.add_argument("--arch", choices=ARCHS, default="hourglass", help="generator (default: OES hourglass, 3.0M)")
+    g.add_argument("--dip-seed", type=int, default=0, help="generator init / input noise seed (default 0)")
+    g.add_argument("--weight-mask", type=Path, default=None,
+                   help="reuse a saved OES weight mask (.safetensors) instead of learning one: transfer")
+    g.add_argument("--mask-per", choices=["volume", "slice"], default="volume",
+                   help="learn one OES mask per volume on its middle slice and reuse it, or one per slice")
+    g.add_argument("--output-iterate", choices=["best", "last", "ema"], default="best",
+                   help="returned DIP iterate: lowest data loss (default), last, or moving average")
+    g = p.add_argument_group("run")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--out", type=Path, default=Path("recon_out"), help="output folder (default recon_out/)")
+    g.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
+    g.add_argument("--quiet", action="store_true", help="print only the final table")
+    g.add_argument("--no-figures", action="store_true", help="skip figures and report.md")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def resolve_device(spec: str) -> str:
+    """``auto`` -> cuda if available else cpu; reject CUDA without a GPU."""
+    import torch
+
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(None, f"--device {spec}: CUDA is not available on this machine (torch.cuda.is_available() is False)")
+        idx = int(spec.split(":")[1]) if ":" in spec else 0
+        if idx >= torch.cuda.device_count():
+            raise InputError(None, f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s)")
+        return spec
+    if spec != "cpu":
+        raise InputError(None, f"--device {spec!r}: use auto, cpu, cuda or cuda:N")
+    return spec
+
+
+def make_config(args: argparse.Namespace):
+    """Validate the options and build a :class:`oes_mri.pipeline.RunConfig`."""
+    from oes_mri.data.sample import sample_path
+    from oes_mri.methods import MethodSettings, parse_methods
+    from oes_mri.nets.generator import ArchConfig
+    from oes_mri.pipeline import RunConfig
+    from oes_mri.solvers.sparse_dip import DipConfig
+
+    if not args.accel >= 1:
+        raise InputError(None, f"--accel {args.accel}: must be a number >= 1")
+    if args.center_fraction is not None and not 0 < args.center_fraction <= 1:
+        raise InputError(None, f"--center-fraction {args.center_fraction}: must be in (0, 1]")
+    if not 0 < args.density <= 1:
+        raise InputError(None, f"--density {args.density}: must be in (0, 1]")
+    for name in ("steps", "mask_steps"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise InputError(None, f"--{name.replace('_', '-')} {v}: must be >= 1")
+    if not args.lr > 0:
+        raise InputError(None, f"--lr {args.lr}: must be > 0")
+    try:
+        methods = parse_methods(args.methods)
+    except ValueError as err:
+        raise InputError(None, f"--methods: {err}")
+    if args.weight_mask is not None:
+        from oes_mri.pruning.weightmask import WeightMask
+
+        WeightMask.load(args.weight_mask)  # readable, else a clear error now
+    dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, lr=args.lr, seed=args.dip_seed,
+                    output=args.output_iterate)
+    dip = dataclasses.replace(dip, **{k: v for k, v in (("steps", args.steps), ("mask_steps", args.mask_steps))
+                                      if v is not None})
+    return RunConfig(data=args.data or sample_path(), out=args.out, methods=methods, accel=args.accel,
+                     center_fraction=args.center_fraction, mask_kind=args.mask_kind, seed=args.seed,
+                     slices=args.slices, challenge=args.challenge, settings=MethodSettings(dip=dip),
+                     weight_mask=args.weight_mask, mask_per=args.mask_per, device=resolve_device(args.device),
+                     overwrite=args.overwrite)
+
+
+def _figures(vol, records: list[dict]) -> list[str]:
+    """Figures of one volume (middle selected slice); returns their paths relative to --out."""
+    import numpy as np
+
+    from oes_mri import report
+    from oes_mri.pipeline import load_checkpoint
+
+    out, name = vol.cfg.out, vol.info.path.stem
+    mid = len(vol.indices) // 2
+    index = vol.indices[mid]
+    x, _ = vol.slice_input(index)
+    from oes_mri.solvers.combine import zero_filled_rss
+
+    images = {"zero-filled": zero_filled_rss(x.kspace, x.recon_size).cpu().numpy()}
+    curves = {}
+    for m in vol.cfg.methods:
+        ck = load_checkpoint(vol.checkpoint(m, index))
+        if m != "zf":
+            images[m] = ck["image"]
+        curves[m] = ck["curve"] if ck["curve"].size else None
+    files = [f"figures/{name}_slice{index}.png", f"figures/{name}_mask.png"]
+    report.comparison_grid(out / files[0], images, x.target, f"{vol.info.path.name} slice {index}, "
+                           f"{vol.smask.acceleration:.2f}x {vol.smask.kind}")
+    report.mask_figure(out / files[1], np.broadcast_to(vol.smask.mask.cpu().numpy(), vol.info.shape),
+                       f"{vol.smask.kind} mask, {vol.smask.acceleration:.2f}x, ACS {vol.smask.acs_width}")
+    if report.curves(out / f"figures/{name}_curves.png", curves, f"{vol.info.path.name} slice {index}"):
+        files.append(f"figures/{name}_curves.png")
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    try:
+        return _run(args, argv)
+    except InputError as err:
+        if args.debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished slices are kept; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
+    from tqdm import tqdm
+
+    from oes_mri import report
+    from oes_mri.pipeline import run
+
+    cfg = make_config(args)
+    tty = sys.stderr.isatty() and not args.quiet
+    bar = tqdm(total=None, unit="", bar_format="{desc}", file=sys.stderr) if tty else None
+
+    def progress(msg: str) -> None:
+        if bar is not None:
+            bar.set_description_str(msg)
+        elif not args.quiet:
+            log.info(msg)
+
+    figures: list[str] = []
+
+    def on_volume(vol, recs):
+        if not args.no_figures:
+            figures.extend(_figures(vol, recs))
+
+    records = run(cfg, progress, on_volume)
+    if bar is not None:
+        bar.close()
+    rows = report.summary_rows(records)
+    if not args.no_figures:
+        report.write_report(cfg.out, records, figures, argv)
+    print(report.format_table(rows))
+    print(f"outputs in {cfg.out}/ (metrics.json, report.md, figures/, <method>/)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

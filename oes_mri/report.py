@@ -1,0 +1,139 @@
+"""Figures and tables: the comparison grid, PSNR-versus-step curves, the mask, report.md."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from oes_mri.atomic import atomic_write_bytes
+from oes_mri.metrics import slice_metrics
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _savefig(fig, path: Path) -> None:
+    import os
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp, dpi=100, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def comparison_grid(path: Path, images: dict[str, np.ndarray], target: np.ndarray | None, title: str) -> None:
+    """Row 1: target and each method's image (titled PSNR/SSIM); row 2: error maps."""
+    plt = _plt()
+    cols = ([("target", target)] if target is not None else []) + list(images.items())
+    rows = 2 if target is not None else 1
+    fig, axes = plt.subplots(rows, len(cols), figsize=(2.6 * len(cols), 2.8 * rows), squeeze=False)
+    vmax = float((target if target is not None else next(iter(images.values()))).max())
+    emax = 0.2 * vmax
+    for j, (name, img) in enumerate(cols):
+        ax = axes[0, j]
+        ax.imshow(img, cmap="gray", vmin=0, vmax=vmax)
+        label = name
+        if target is not None and name != "target":
+            p, s = slice_metrics(target, img, vmax)
+            label = f"{name}\n{p:.2f} dB / {s:.3f}"
+        ax.set_title(label, fontsize=9)
+        if rows == 2:
+            axes[1, j].imshow(np.abs(img - target) if name != "target" else np.zeros_like(target),
+                              cmap="inferno", vmin=0, vmax=emax)
+            axes[1, j].set_title("|error|" if name != "target" else f"error scale 0..{emax:.3g}", fontsize=8)
+    for ax in axes.flat:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+def curves(path: Path, series: dict[str, np.ndarray], title: str) -> bool:
+    """PSNR (and SSIM) versus fitting step, one line per method; ``series[m]`` rows (step, psnr, ssim)."""
+    series = {k: v for k, v in series.items() if v is not None and len(v)}
+    if not series:
+        return False
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for name, c in series.items():
+        a.plot(c[:, 0], c[:, 1], label=name)
+        b.plot(c[:, 0], c[:, 2], label=name)
+    a.set_xlabel("step"), a.set_ylabel("PSNR (dB)"), b.set_xlabel("step"), b.set_ylabel("SSIM")
+    a.legend(), a.grid(alpha=0.3), b.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    _savefig(fig, path)
+    plt.close(fig)
+    return True
+
+
+def mask_figure(path: Path, mask: np.ndarray, title: str) -> None:
+    """The sampling mask over the k-space grid."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(3, 3))
+    ax.imshow(mask, cmap="gray", aspect="auto", interpolation="nearest")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("phase encode (W)"), ax.set_ylabel("readout (H)")
+    _savefig(fig, path)
+    plt.close(fig)
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """Mean over volumes per method: PSNR, SSIM, NMSE, seconds per slice."""
+    rows = []
+    for m in dict.fromkeys(r["method"] for r in records):
+        rs = [r for r in records if r["method"] == m]
+        mean = lambda k: (float(np.mean([r[k] for r in rs])) if all(r[k] is not None for r in rs) else None)  # noqa: E731
+        rows.append({"method": m, "volumes": len(rs), "psnr": mean("psnr"), "ssim": mean("ssim"),
+                     "nmse": mean("nmse"), "s_per_slice": sum(r["seconds"] for r in rs) / max(1, sum(r["slices"] for r in rs))})
+    return rows
+
+
+def format_table(rows: list[dict], markdown: bool = False) -> str:
+    """The summary table as text (terminal) or Markdown."""
+    f = lambda v, p: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
+    head = ["method", "volumes", "PSNR dB", "SSIM", "NMSE", "s/slice"]
+    body = [[r["method"], str(r["volumes"]), f(r["psnr"], 2), f(r["ssim"], 4), f(r["nmse"], 4),
+             f(r["s_per_slice"], 1)] for r in rows]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+
+
+def write_report(out: Path, records: list[dict], figures: list[str], argv: list[str]) -> Path:
+    """``report.md``: the command, versions, the table, per-volume rows and the figures."""
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__}
+    for mod in ("sigpy", "fastmri", "numpy"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - versions are informative only
+            versions[mod] = "?"
+    lines = ["# oes-mri reconstruction report", "", "Command:", "", "```", " ".join(["python -m oes_mri.recon", *argv]),
+             "```", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+             f"; machine: {platform.machine()}, {platform.system()}", "",
+             "Metrics: fastMRI definitions (volume-wise NMSE, PSNR and SSIM with data_range = volume max), "
+             "mean over volumes.", "", format_table(summary_rows(records), markdown=True), "",
+             "## Per volume", "", "| file | method | accel | PSNR | SSIM | NMSE | s |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        g = lambda k, p: "-" if r[k] is None else f"{r[k]:.{p}f}"  # noqa: E731
+        lines.append(f"| {Path(r['file']).name} | {r['method']} | {r['acceleration']:.2f} | {g('psnr', 2)} | "
+                     f"{g('ssim', 4)} | {g('nmse', 4)} | {r['seconds']:.1f} |")
+    lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
+    path = out / "report.md"
+    atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
+    return path

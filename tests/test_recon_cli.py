@@ -1,0 +1,188 @@
+"""The reconstruction product end to end on tiny simulated volumes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from oes_mri.pipeline import RECORD_KEYS
+from oes_mri.recon import main
+
+FAST = ["--arch", "hourglass-tiny", "--steps", "30", "--mask-steps", "10", "--no-figures", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def two_volumes(tmp_path_factory):
+    from oes_mri.data.simulate import write_fastmri_file
+    from tests.conftest import phantom_image
+
+    folder = tmp_path_factory.mktemp("vols")
+    for i in range(2):
+        imgs = np.stack([phantom_image(32, 10 * i + s) for s in range(3)])
+        write_fastmri_file(folder / f"vol{i}.h5", imgs, num_coils=4, snr=40.0, seed=i, scale=2e-4)
+    return folder
+
+
+def test_end_to_end_outputs(tiny_file, tmp_path, capsys):
+    from fastmri.evaluate import nmse, psnr, ssim
+
+    out = tmp_path / "out"
+    argv = ["--data", str(tiny_file), "--out", str(out), "--methods", "oes,dip,sense,zf",
+            "--arch", "hourglass-tiny", "--steps", "30", "--mask-steps", "10", "--quiet"]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "oes" in table and "PSNR" in table
+    records = json.loads((out / "metrics.json").read_text())
+    assert [r["method"] for r in records] == ["oes", "dip", "sense", "zf"]
+    assert all(tuple(r) == RECORD_KEYS for r in records)
+    assert (out / "metrics.csv").read_text().splitlines()[0] == ",".join(RECORD_KEYS)
+    with h5py.File(tiny_file) as hf:
+        target = hf["reconstruction_rss"][()]
+    for r in records:
+        with h5py.File(out / r["method"] / tiny_file.name) as hf:
+            rec = hf["reconstruction"][()]
+        assert rec.shape == (2, 32, 32) and rec.dtype == np.float32
+        assert r["psnr"] == pytest.approx(float(psnr(target, rec)), abs=1e-6)
+        assert r["ssim"] == pytest.approx(float(ssim(target, rec)[0]), abs=1e-6)
+        assert r["nmse"] == pytest.approx(float(nmse(target, rec)), abs=1e-6)
+        assert r["slices"] == 2 and r["device"] == "cpu" and r["acceleration"] > 2
+    assert (out / "report.md").exists()
+    figs = sorted(p.name for p in (out / "figures").iterdir())
+    assert any("slice" in f for f in figs) and any("mask" in f for f in figs) and any("curves" in f for f in figs)
+    assert (out / ".checkpoints" / "tiny_vol" / "oes" / "weight_mask.safetensors").exists()
+
+
+def test_folder_of_volumes_and_transfer(two_volumes, tmp_path):
+    out = tmp_path / "out"
+    assert main(["--data", str(two_volumes), "--out", str(out), "--methods", "oes,zf", "--slices", "0:2", *FAST]) == 0
+    records = json.loads((out / "metrics.json").read_text())
+    assert {Path(r["file"]).name for r in records} == {"vol0.h5", "vol1.h5"}
+    mask_file = out / ".checkpoints" / "vol0" / "oes" / "weight_mask.safetensors"
+    out2 = tmp_path / "out2"
+    assert main(["--data", str(two_volumes / "vol1.h5"), "--out", str(out2), "--methods", "oes",
+                 "--weight-mask", str(mask_file), *FAST]) == 0
+    rec = json.loads((out2 / "metrics.json").read_text())[0]
+    assert rec["psnr"] is not None and rec["slices"] == 3
+
+
+def test_rerun_is_resume_and_other_settings_need_overwrite(tiny_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["--data", str(tiny_file), "--out", str(out), "--methods", "zf,sense", *FAST]
+    assert main(base) == 0
+    first = (out / "sense" / tiny_file.name).read_bytes()
+    assert main(base) == 0
+    assert (out / "sense" / tiny_file.name).read_bytes() == first
+    capsys.readouterr()
+    assert main([*base, "--accel", "3"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main([*base, "--accel", "3", "--overwrite"]) == 0
+
+
+def _run_cli(args, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "oes_mri.recon", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_resume_after_kill_gives_identical_outputs(two_volumes, tmp_path):
+    vol = str(two_volumes / "vol0.h5")
+    args = ["--data", vol, "--methods", "oes,dip", "--arch", "hourglass-tiny", "--steps", "60",
+            "--mask-steps", "10", "--no-figures"]
+    ref = tmp_path / "ref"
+    p = _run_cli([*args, "--out", str(ref)])
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    out = tmp_path / "killed"
+    p = _run_cli([*args, "--out", str(out)])
+    ck = out / ".checkpoints" / "vol0"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(ck.glob("*/slice_*.npz"))) < 2:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    done = len(list(ck.glob("*/slice_*.npz")))
+    assert 2 <= done < 6, "killed too late to test resuming"
+    assert not (out / "oes" / "vol0.h5").exists()
+    assert not list(out.rglob("*.tmp"))  # nothing half-written under a final name
+    p = _run_cli([*args, "--out", str(out)])
+    assert p.wait(timeout=300) == 0, p.stderr.read()
+    for m in ("oes", "dip"):
+        with h5py.File(ref / m / "vol0.h5") as a, h5py.File(out / m / "vol0.h5") as b:
+            assert np.array_equal(a["reconstruction"][()], b["reconstruction"][()])
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "seconds"} for r in rs]  # noqa: E731
+    assert strip(json.loads((ref / "metrics.json").read_text())) == strip(json.loads((out / "metrics.json").read_text()))
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--data", "/nonexistent/x.h5"], "file not found"),
+    (["--methods", "oes,bogus"], "unknown method"),
+    (["--accel", "0"], "--accel"),
+    (["--density", "0"], "--density"),
+    (["--density", "1.5"], "--density"),
+    (["--device", "cuda"], "CUDA is not available"),
+    (["--weight-mask", "/nonexistent/m.safetensors"], "not found"),
+])
+def test_bad_options_exit_2_one_line(tiny_file, tmp_path, capsys, extra, match):
+    import torch
+
+    if extra[:2] == ["--device", "cuda"] and torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    argv = ["--data", str(tiny_file), "--out", str(tmp_path / "o"), *FAST]
+    argv = [a for a in argv] + extra
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["empty_folder", "not_hdf5", "unreadable_mask"])
+def test_bad_files_exit_2(tmp_path, capsys, kind):
+    if kind == "empty_folder":
+        data, extra = tmp_path, []
+    elif kind == "not_hdf5":
+        data, extra = tmp_path / "x.h5", []
+        data.write_text("no")
+    else:
+        from oes_mri.data.sample import sample_path
+
+        bad = tmp_path / "m.safetensors"
+        bad.write_bytes(b"garbage")
+        data, extra = sample_path(), ["--weight-mask", str(bad)]
+    assert main(["--data", str(data), "--out", str(tmp_path / "o"), *extra, *FAST]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(data if kind != "unreadable_mask" else extra[1]) in err and len(err.splitlines()) == 1
+
+
+def test_sparse_dip_beats_zero_filled_tiny():
+    """Issue 3: a tiny end-to-end Sparse-DIP fit (64x64, 4 coils, simulated) beats zero-filled."""
+    import torch
+
+    from oes_mri import load_volume
+    from oes_mri.data.simulate import simulate_kspace
+    from oes_mri.metrics import volume_metrics
+    from oes_mri.nets.generator import ArchConfig
+    from oes_mri.physics.coils import estimate_maps
+    from oes_mri.physics.masks import fastmri_mask
+    from oes_mri.solvers.combine import dc_rss, zero_filled_rss
+    from oes_mri.solvers.sparse_dip import DipConfig, reconstruct_dip
+    from oes_mri.data.sample import sample_image
+
+    sim = simulate_kspace(sample_image(64), num_coils=4, snr=30.0, seed=0)
+    k = torch.from_numpy(sim["kspace"][0])
+    m = fastmri_mask(k.shape[-2:], 4, 0.16, seed=0)
+    y = k * m.mask + 0.0
+    maps = estimate_maps(y, m).maps
+    cfg = DipConfig(arch=ArchConfig("hourglass-tiny"), density=0.2, mask_steps=30, steps=300, seed=0, log_every=100)
+    out = reconstruct_dip(y, m.mask, maps, cfg, sim["recon"])
+    target = sim["reconstruction_rss"]
+    dip = volume_metrics(target, dc_rss(out.coil_images, y, m.mask, sim["recon"]).numpy()[None])
+    zf = volume_metrics(target, zero_filled_rss(y, sim["recon"]).numpy()[None])
+    # measured: Sparse-DIP 22.58 dB / 0.771, zero-filled 22.13 / 0.720
+    assert dip.psnr > zf.psnr + 0.2 and dip.ssim > zf.ssim + 0.03, (dip, zf)
+    again = reconstruct_dip(y, m.mask, maps, cfg, sim["recon"])
+    assert torch.equal(out.coil_images, again.coil_images)  # same seed, same numbers
