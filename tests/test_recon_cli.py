@@ -186,3 +186,16 @@ def test_sparse_dip_beats_zero_filled_tiny():
     assert dip.psnr > zf.psnr + 0.2 and dip.ssim > zf.ssim + 0.03, (dip, zf)
     again = reconstruct_dip(y, m.mask, maps, cfg, sim["recon"])
     assert torch.equal(out.coil_images, again.coil_images)  # same seed, same numbers
+
+
+def test_evaluate_cli_matches_metrics_json(tiny_file, tmp_path, capsys):
+    from oes_mri.evaluate import evaluate
+    from oes_mri.evaluate import main as eval_main
+
+    out = tmp_path / "out"
+    assert main(["--data", str(tiny_file), "--out", str(out), "--methods", "zf", *FAST]) == 0
+    rec = json.loads((out / "metrics.json").read_text())[0]
+    res = evaluate(tiny_file.parent, out / "zf")[tiny_file.name]
+    assert res.psnr == pytest.approx(rec["psnr"], abs=1e-9) and res.ssim == pytest.approx(rec["ssim"], abs=1e-9)
+    assert eval_main(["--target", str(tiny_file.parent), "--pred", str(out / "zf")]) == 0
+    assert eval_main(["--target", str(tmp_path / "none"), "--pred", str(out / "zf")]) == 2

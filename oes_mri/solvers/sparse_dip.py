@@ -56,7 +56,7 @@ class DipConfig:
     arch: ArchConfig = dataclasses.field(default_factory=ArchConfig)
     density: float = 0.05
     mask_steps: int = 100
-    steps: int = 300
+    steps: int = 450
     lr: float = 1e-2
     mask_lr: float = 1e-2
     tau: float = 0.2
