@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oes_mri.atomic import atomic_write_bytes
+from oes_mri.atomic import atomic_path, atomic_write_bytes
 from oes_mri.metrics import slice_metrics
 
 
@@ -22,14 +22,8 @@ def _plt():
 
 
 def _savefig(fig, path: Path) -> None:
-    import os
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
 
 
 def comparison_grid(path: Path, images: dict[str, np.ndarray], target: np.ndarray | None, title: str) -> None:

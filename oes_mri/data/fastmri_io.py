@@ -16,7 +16,6 @@ naming the file; h5py/numpy tracebacks never reach the user.
 from __future__ import annotations
 
 import os
-import tempfile
 import xml.etree.ElementTree as etree
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
@@ -25,6 +24,7 @@ import h5py
 import numpy as np
 import torch
 
+from oes_mri.atomic import atomic_path
 from oes_mri.errors import InputError
 from oes_mri.physics.masks import SamplingMask, mask_from_array
 
@@ -292,20 +292,12 @@ def atomic_h5(path: str | os.PathLike, datasets: dict[str, np.ndarray], attrs: d
         datasets: name -> array (``bytes`` for string scalars).
         attrs: file attributes.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as hf:
             for name, data in datasets.items():
                 hf.create_dataset(name, data=data)
             for k, v in (attrs or {}).items():
                 hf.attrs[k] = v
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_reconstruction(path: str | os.PathLike, reconstruction: np.ndarray) -> None:

@@ -17,13 +17,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from oes_mri.atomic import atomic_path
 from oes_mri.physics.fft import ifft2c, rss
 from oes_mri.physics.masks import SamplingMask
 
@@ -151,9 +151,6 @@ class MapCache:
             except (OSError, ValueError, KeyError):
                 log.warning("%s: unreadable map cache entry, recomputing", path)
         result = compute()
-        self.folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".npz.tmp", dir=self.folder)
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, maps=result.maps.cpu().numpy(), method=np.str_(result.method))
-        os.replace(tmp, path)
         return result

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -22,6 +21,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
+from oes_mri.atomic import atomic_path
 from oes_mri.errors import InputError
 
 SCOPES = ("conv", "conv+out", "all")
@@ -139,17 +139,9 @@ class WeightMask:
         """Write a safetensors file (bool tensors + JSON metadata), atomically."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({n: m.to("cpu", torch.bool).contiguous() for n, m in self.masks.items()}, tmp,
+        with atomic_path(path) as tmp:
+            save_file({n: m.to("cpu", torch.bool).contiguous() for n, m in self.masks.items()}, str(tmp),
                       metadata={"oes_mri": json.dumps(self.meta, sort_keys=True)})
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "WeightMask":
