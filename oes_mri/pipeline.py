@@ -79,6 +79,14 @@ class RunConfig:
         return json.loads(json.dumps(fp, default=str))
 
 
+def center_fraction(cfg: RunConfig, info: VolumeInfo, smask: SamplingMask | None) -> float:
+    """The centre fraction a run used: the given one, fastMRI's default, or (``file`` masks)
+    the calibration width over the k-space width."""
+    if cfg.mask_kind == "file":
+        return smask.acs_width / info.shape[1]
+    return default_center_fraction(cfg.accel) if cfg.center_fraction is None else cfg.center_fraction
+
+
 def volume_sampling_mask(info: VolumeInfo, cfg: RunConfig) -> SamplingMask:
     """The volume's mask: the file's own (``file``) or a new one (fastMRI per-volume seed)."""
     if cfg.mask_kind == "file":
@@ -86,8 +94,7 @@ def volume_sampling_mask(info: VolumeInfo, cfg: RunConfig) -> SamplingMask:
             raise InputError(info.path, "--mask file given but the file holds no 'mask' dataset")
         return info.mask
     seed = volume_seed(info.path.name) if cfg.seed is None else cfg.seed
-    cf = default_center_fraction(cfg.accel) if cfg.center_fraction is None else cfg.center_fraction
-    return make_mask(cfg.mask_kind, info.shape, cfg.accel, cf, seed)
+    return make_mask(cfg.mask_kind, info.shape, cfg.accel, center_fraction(cfg, info, None), seed)
 
 
 def save_checkpoint(path: Path, image: np.ndarray, seconds: float, history: dict) -> None:
@@ -139,7 +146,7 @@ class VolumeRun:
     def checkpoint(self, method: str, index: int) -> Path:
         return self.ckdir / method / f"slice_{index:04d}.npz"
 
-    def slice_input(self, index: int) -> tuple[SliceInput, torch.Tensor]:
+    def slice_input(self, index: int) -> SliceInput:
         """Undersampled k-space, maps and target of one slice (maps from the disk cache)."""
         kspace, target = load_slice(self.info, index)
         kspace = kspace.to(self.device)
@@ -149,8 +156,7 @@ class VolumeRun:
         key = map_cache_key(self.info.path, index, self.smask, mask_seed=str(self.cfg.seed),
                             mask_kind=self.smask.kind, accel=self.cfg.accel, cf=self.cfg.center_fraction)
         maps = self.maps_cache.get_or_compute(key, lambda: estimate_maps(y.cpu(), self.smask, source=source))
-        x = SliceInput(y, mask, maps.maps.to(self.device), self.info.header.recon_size, target, source)
-        return x, kspace
+        return SliceInput(y, mask, maps.maps.to(self.device), self.info.header.recon_size, target, source)
 
     def weight_mask(self) -> WeightMask | None:
         """The OES mask shared by the volume's slices (``mask_per == "volume"``), or a given one."""
@@ -167,7 +173,7 @@ class VolumeRun:
         if path.exists():
             return WeightMask.load(path)
         ref = self.indices[len(self.indices) // 2]
-        x, _ = self.slice_input(ref)
+        x = self.slice_input(ref)
         t = time.perf_counter()
         res = run_method("oes", x, cfg.settings, None, self._fit_progress("oes", ref))
         res.weight_mask.save(path)
@@ -192,35 +198,32 @@ class VolumeRun:
             todo = [m for m in self.cfg.methods if not self.checkpoint(m, index).exists()]
             if not todo:
                 continue
-            x, _ = self.slice_input(index)
+            x = self.slice_input(index)
             for m in todo:
                 t = time.perf_counter()
                 res = run_method(m, x, self.cfg.settings, wm, self._fit_progress(m, index))
                 self._save(x, m, index, res, time.perf_counter() - t)
                 if self.progress is not None:
                     self.progress(f"{self.info.path.name} slice {index} {m}: done in {time.perf_counter() - t:.1f}s")
-        return [self._finish(m) for m in self.cfg.methods]
-
-    def images(self, method: str) -> np.ndarray:
-        return np.stack([load_checkpoint(self.checkpoint(method, i))["image"] for i in self.indices])
+        target = self.targets()
+        return [self._finish(m, target) for m in self.cfg.methods]
 
     def targets(self) -> np.ndarray | None:
         if not self.info.has_target:
             return None
         return np.stack([load_slice(self.info, i)[1] for i in self.indices])
 
-    def _finish(self, method: str) -> dict:
-        recon = self.images(method)
+    def _finish(self, method: str, target: np.ndarray | None) -> dict:
+        cks = [load_checkpoint(self.checkpoint(method, i)) for i in self.indices]
+        recon = np.stack([ck["image"] for ck in cks])
         final = self.cfg.out / method / self.info.path.name
         if not final.exists():
             write_reconstruction(final, recon)
-        seconds = float(sum(load_checkpoint(self.checkpoint(method, i))["seconds"] for i in self.indices))
-        target = self.targets()
+        seconds = float(sum(ck["seconds"] for ck in cks))
         nmse = psnr = ssim = None
         if target is not None:
             nmse, psnr, ssim = volume_metrics(target, recon)
-        cf = self.smask.acs_width / self.info.shape[1] if self.cfg.mask_kind == "file" else (
-            default_center_fraction(self.cfg.accel) if self.cfg.center_fraction is None else self.cfg.center_fraction)
+        cf = center_fraction(self.cfg, self.info, self.smask)
         return {"file": str(self.info.path), "method": method, "acceleration": self.smask.acceleration,
                 "center_fraction": cf, "slices": len(self.indices), "nmse": nmse, "psnr": psnr, "ssim": ssim,
                 "seconds": seconds, "device": str(self.device)}

@@ -154,7 +154,7 @@ def _figures(vol, records: list[dict]) -> list[str]:
     out, name = vol.cfg.out, vol.info.path.stem
     mid = len(vol.indices) // 2
     index = vol.indices[mid]
-    x, _ = vol.slice_input(index)
+    x = vol.slice_input(index)
     from oes_mri.solvers.combine import zero_filled_rss
 
     images = {"zero-filled": zero_filled_rss(x.kspace, x.recon_size).cpu().numpy()}

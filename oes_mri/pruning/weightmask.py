@@ -16,7 +16,6 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from torch import nn
@@ -97,9 +96,6 @@ class WeightMask:
         """Kept fraction per tensor."""
         return {n: float(m.float().mean()) for n, m in self.masks.items()}
 
-    def to(self, device: torch.device | str) -> "WeightMask":
-        return WeightMask({n: m.to(device) for n, m in self.masks.items()}, dict(self.meta))
-
     def check_fits(self, module: nn.Module, source: str | None = None) -> None:
         """Raise :class:`InputError` unless every masked name exists with the same shape."""
         params = dict(module.named_parameters())
@@ -166,8 +162,3 @@ class WeightMask:
             raise InputError(path, "weight mask file holds no masks")
         return cls(masks, meta)
 
-
-def masks_like(module: nn.Module, names: Iterable[str], fill: bool = True) -> dict[str, torch.Tensor]:
-    """All-True (or all-False) masks for the named parameters."""
-    params = dict(module.named_parameters())
-    return {n: torch.full_like(params[n], fill, dtype=torch.bool) for n in names}
