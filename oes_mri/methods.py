@@ -10,13 +10,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, NamedTuple
 
-import numpy as np
-import torch
 
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers import classical
 from oes_mri.solvers.classical import Recon
-from oes_mri.solvers.sparse_dip import DipConfig, reconstruct_dip
+from oes_mri.solvers.sparse_dip import DipConfig, DipOutput, SliceData, reconstruct_dip, reconstruct_dip_batch
 
 CLASSICAL = ("zf", "sense", "l1", "tv")
 UNTRAINED = {"oes": "oes", "dip": "dense", "random": "random", "magnitude": "magnitude",
@@ -25,15 +23,7 @@ METHODS = CLASSICAL + tuple(UNTRAINED)
 DEFAULT_METHODS = ("oes", "sense", "zf")
 
 
-class SliceInput(NamedTuple):
-    """What a method sees of one slice."""
-
-    kspace: torch.Tensor          # undersampled (C, H, W)
-    mask: torch.Tensor            # (1, W) or (H, W)
-    maps: torch.Tensor            # (C, H, W)
-    recon_size: tuple[int, int]
-    target: np.ndarray | None     # (rH, rW) for curves only
-    source: str                   # "file.h5:slice"
+SliceInput = SliceData  # what a method sees of one slice: kspace, mask, maps, recon_size, target, source
 
 
 @dataclasses.dataclass
@@ -67,7 +57,7 @@ def parse_methods(spec: str) -> list[str]:
 
 
 def run_method(name: str, x: SliceInput, settings: MethodSettings, weight_mask: WeightMask | None = None,
-               progress: Callable[[int, float], None] | None = None) -> MethodResult:
+               progress: Callable[[int, dict], None] | None = None) -> MethodResult:
     """Reconstruct one slice with method ``name``."""
     if name == "zf":
         return MethodResult(classical.zero_filled(x.kspace, x.mask, x.maps), {}, None)
@@ -83,4 +73,19 @@ def run_method(name: str, x: SliceInput, settings: MethodSettings, weight_mask: 
     cfg = dataclasses.replace(settings.dip, pruning=UNTRAINED[name])
     out = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size, weight_mask if name == "oes" else None,
                           x.target, x.source, progress)
+    return _result(out)
+
+
+def _result(out: DipOutput) -> MethodResult:
     return MethodResult(Recon(out.coil_images, out.image), out.history, out.weight_mask)
+
+
+def run_batch(name: str, xs: list[SliceInput], settings: MethodSettings, weight_mask: WeightMask | None = None,
+              progress: Callable[[int, dict], None] | None = None) -> list[MethodResult]:
+    """Reconstruct several slices of one size with method ``name``; the untrained
+    generators are fitted together (:func:`~oes_mri.solvers.sparse_dip.reconstruct_dip_batch`)."""
+    if name in CLASSICAL or len(xs) == 1:
+        return [run_method(name, x, settings, weight_mask, progress) for x in xs]
+    cfg = dataclasses.replace(settings.dip, pruning=UNTRAINED[name])
+    outs = reconstruct_dip_batch(xs, cfg, weight_mask if name == "oes" else None, progress)
+    return [_result(o) for o in outs]

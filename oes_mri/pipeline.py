@@ -16,11 +16,10 @@ import dataclasses
 import io
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -29,7 +28,7 @@ from oes_mri.atomic import atomic_write_bytes
 from oes_mri.data.fastmri_io import VolumeInfo, list_volumes, load_slice, parse_slices, read_info, write_reconstruction
 from oes_mri.data.sample import cache_dir
 from oes_mri.errors import InputError
-from oes_mri.methods import MethodSettings, SliceInput, run_method
+from oes_mri.methods import UNTRAINED, MethodSettings, SliceInput, run_batch, run_method
 from oes_mri.metrics import volume_metrics
 from oes_mri.physics.coils import MapCache, estimate_maps, map_cache_key
 from oes_mri.physics.masks import SamplingMask, default_center_fraction, make_mask, volume_seed
@@ -40,6 +39,23 @@ log = logging.getLogger("oes_mri")
 
 RECORD_KEYS = ("file", "method", "acceleration", "center_fraction", "slices", "nmse", "psnr", "ssim",
                "seconds", "device")
+
+
+class Progress:
+    """What a run reports as it goes (the CLI shows tqdm bars or log lines); does nothing here."""
+
+    def volume(self, name: str, jobs: int) -> None:
+        """A volume starts with ``jobs`` (slice, method) reconstructions to do."""
+
+    def fit(self, desc: str, steps: int) -> Callable[[int, dict], None] | None:
+        """A generator fit of ``steps`` starts; returns its ``progress(step, info)`` callback."""
+        return None
+
+    def done(self, desc: str, seconds: float, jobs: int = 1) -> None:
+        """``jobs`` reconstructions finished."""
+
+    def volume_done(self) -> None:
+        """The volume's outputs are written."""
 
 
 @dataclasses.dataclass
@@ -60,6 +76,7 @@ class RunConfig:
     mask_per: str = "volume"
     device: str = "cpu"
     overwrite: bool = False
+    batch_slices: int = 1
 
     def fingerprint(self, method: str) -> dict:
         """The settings that determine a method's output (checked on resume)."""
@@ -73,7 +90,7 @@ class RunConfig:
         elif method != "zf":
             d = dataclasses.asdict(s.dip)
             d.pop("pruning")
-            fp.update(dip=d, device=self.device)
+            fp.update(dip=d, device=self.device, batch_slices=self.batch_slices)
             if method == "oes":
                 fp.update(weight_mask=str(self.weight_mask) if self.weight_mask else None, mask_per=self.mask_per)
         return json.loads(json.dumps(fp, default=str))
@@ -97,13 +114,44 @@ def volume_sampling_mask(info: VolumeInfo, cfg: RunConfig) -> SamplingMask:
     return make_mask(cfg.mask_kind, info.shape, cfg.accel, center_fraction(cfg, info, None), seed)
 
 
-def save_checkpoint(path: Path, image: np.ndarray, seconds: float, history: dict) -> None:
-    """One (slice, method) result, atomically: image, seconds and curves."""
+def prepare_slice(info: VolumeInfo, smask: SamplingMask, index: int, device: torch.device,
+                  maps_cache: MapCache, **key: object) -> SliceInput:
+    """One slice ready for the methods: ``y = M k`` on ``device``, ESPIRiT maps (from
+    ``maps_cache`` under a key of the file, slice, mask and ``key``) and the target."""
+    kspace, target = load_slice(info, index)
+    mask = smask.mask.to(device)
+    y = kspace.to(device) * mask + 0.0
+    source = f"{info.path.name}:{index}"
+    ckey = map_cache_key(info.path, index, smask, mask_kind=smask.kind, **key)
+    maps = maps_cache.get_or_compute(ckey, lambda: estimate_maps(y.cpu(), smask, source=source))
+    return SliceInput(y, mask, maps.maps.to(device), info.header.recon_size, target, source)
+
+
+class SliceResult(NamedTuple):
+    """One finished (slice, method): what a checkpoint holds."""
+
+    method: str
+    index: int
+    image: np.ndarray        # (rH, rW) float32, data-consistent RSS
+    seconds: float
+    losses: np.ndarray       # fit losses per step (empty for classical methods)
+    curve: np.ndarray        # rows (step, psnr, ssim) when a target exists
+
+
+def slice_result(method: str, index: int, x: SliceInput, res, seconds: float) -> SliceResult:
+    """Image (data consistency + RSS) and curves of a method's result."""
+    image = dc_rss(res.recon.coil_images, x.kspace, x.mask, x.recon_size).cpu().numpy().astype(np.float32)
+    if not np.isfinite(image).all():
+        raise RuntimeError(f"{x.source}: {method} produced a non-finite image; not written")
+    mon = res.history.get("monitor", [])
+    return SliceResult(method, index, image, float(seconds), np.asarray(res.history.get("losses", []), np.float32),
+                       np.asarray([[r["step"], r["psnr"], r["ssim"]] for r in mon if "psnr" in r], np.float64))
+
+
+def save_checkpoint(path: Path, r: SliceResult) -> None:
+    """One (slice, method) result, atomically."""
     buf = io.BytesIO()
-    mon = history.get("monitor", [])
-    np.savez(buf, image=image.astype(np.float32), seconds=np.float64(seconds),
-             losses=np.asarray(history.get("losses", []), np.float32),
-             curve=np.asarray([[r["step"], r["psnr"], r["ssim"]] for r in mon if "psnr" in r], np.float64))
+    np.savez(buf, image=r.image, seconds=np.float64(r.seconds), losses=r.losses, curve=r.curve)
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -112,10 +160,11 @@ def load_checkpoint(path: Path) -> dict:
         return {k: z[k] for k in z.files}
 
 
-class VolumeRun:
-    """Reconstruct one volume with every method (see the module docstring)."""
+class VolumeData:
+    """Read-only view of one volume under a run's settings: its slices, sampling mask and the
+    reconstruction of slices. Writes nothing but the map cache, so it also runs on workers."""
 
-    def __init__(self, path: Path, cfg: RunConfig, progress: Callable[[str], object] | None = None) -> None:
+    def __init__(self, path: Path, cfg: RunConfig) -> None:
         self.cfg = cfg
         self.info = read_info(path, cfg.challenge)
         try:
@@ -124,9 +173,72 @@ class VolumeRun:
             raise InputError(path, str(err))
         self.smask = volume_sampling_mask(self.info, cfg)
         self.device = torch.device(cfg.device)
-        self.ckdir = cfg.out / ".checkpoints" / self.info.path.stem
         self.maps_cache = MapCache(cache_dir() / "maps")
-        self.progress = progress
+
+    @property
+    def reference_slice(self) -> int:
+        """The slice the volume's OES mask is learned on (the middle selected one)."""
+        return self.indices[len(self.indices) // 2]
+
+    def batches(self) -> list[list[int]]:
+        """The selected slices in consecutive groups of ``cfg.batch_slices`` (fitted together)."""
+        B = max(1, self.cfg.batch_slices)
+        return [self.indices[i:i + B] for i in range(0, len(self.indices), B)]
+
+    def slice_input(self, index: int) -> SliceInput:
+        """Undersampled k-space, maps and target of one slice (maps from the disk cache)."""
+        return prepare_slice(self.info, self.smask, index, self.device, self.maps_cache,
+                             mask_seed=str(self.cfg.seed), accel=self.cfg.accel, cf=self.cfg.center_fraction)
+
+    def given_mask(self) -> WeightMask | None:
+        """``--weight-mask``, checked against the architecture."""
+        cfg = self.cfg
+        if cfg.weight_mask is None:
+            return None
+        wm = WeightMask.load(cfg.weight_mask)
+        if wm.meta.get("arch") not in (None, cfg.settings.dip.arch.to_dict()):
+            raise InputError(cfg.weight_mask, f"weight mask was made for architecture {wm.meta.get('arch')}, "
+                                              f"not {cfg.settings.dip.arch.to_dict()}")
+        return wm
+
+    def learn_mask(self, progress: Progress | None = None) -> tuple[WeightMask, SliceResult]:
+        """Sparse-DIP on the reference slice: the volume's OES mask and that slice's result."""
+        progress = progress or Progress()
+        ref = self.reference_slice
+        x = self.slice_input(ref)
+        t = time.perf_counter()
+        res = run_method("oes", x, self.cfg.settings, None,
+                         progress.fit(f"{self.info.path.name} slice {ref} oes", self.cfg.settings.dip.steps))
+        return res.weight_mask, slice_result("oes", ref, x, res, time.perf_counter() - t)
+
+    def reconstruct(self, todo: dict[str, list[int]], weight_mask: WeightMask | None,
+                    progress: Progress | None = None) -> Iterator[list[SliceResult]]:
+        """Reconstruct ``todo`` (method -> slice indices), ``cfg.batch_slices`` slices at a time
+        for the untrained generators; yields each (method, batch)'s results as they finish."""
+        progress = progress or Progress()
+        for batch in self.batches():
+            wanted = [i for i in batch if any(i in idx for idx in todo.values())]
+            inputs = {i: self.slice_input(i) for i in wanted}
+            for m, idx in todo.items():
+                idx = [i for i in batch if i in idx]
+                if not idx:
+                    continue
+                t = time.perf_counter()
+                fit_progress = (progress.fit(f"{self.info.path.name} slice {','.join(map(str, idx))} {m}",
+                                             self.cfg.settings.dip.steps) if m in UNTRAINED else None)
+                results = run_batch(m, [inputs[i] for i in idx], self.cfg.settings, weight_mask, fit_progress)
+                seconds = (time.perf_counter() - t) / len(idx)
+                yield [slice_result(m, i, inputs[i], r, seconds) for i, r in zip(idx, results)]
+
+
+class VolumeRun(VolumeData):
+    """Reconstruct one volume with every method (see the module docstring): checkpoints,
+    the volume's OES mask, final files."""
+
+    def __init__(self, path: Path, cfg: RunConfig, progress: Progress | None = None) -> None:
+        super().__init__(path, cfg)
+        self.ckdir = cfg.out / ".checkpoints" / self.info.path.stem
+        self.progress = progress or Progress()
         self._check_fingerprints()
 
     def _check_fingerprints(self) -> None:
@@ -146,67 +258,59 @@ class VolumeRun:
     def checkpoint(self, method: str, index: int) -> Path:
         return self.ckdir / method / f"slice_{index:04d}.npz"
 
-    def slice_input(self, index: int) -> SliceInput:
-        """Undersampled k-space, maps and target of one slice (maps from the disk cache)."""
-        kspace, target = load_slice(self.info, index)
-        kspace = kspace.to(self.device)
-        mask = self.smask.mask.to(self.device)
-        y = kspace * mask + 0.0
-        source = f"{self.info.path.name}:{index}"
-        key = map_cache_key(self.info.path, index, self.smask, mask_seed=str(self.cfg.seed),
-                            mask_kind=self.smask.kind, accel=self.cfg.accel, cf=self.cfg.center_fraction)
-        maps = self.maps_cache.get_or_compute(key, lambda: estimate_maps(y.cpu(), self.smask, source=source))
-        return SliceInput(y, mask, maps.maps.to(self.device), self.info.header.recon_size, target, source)
+    @property
+    def mask_path(self) -> Path:
+        return self.ckdir / "oes" / "weight_mask.safetensors"
+
+    def needs_mask(self) -> bool:
+        """The volume's OES mask is still to be learned."""
+        return ("oes" in self.cfg.methods and self.cfg.mask_per == "volume" and self.cfg.weight_mask is None
+                and not self.mask_path.exists())
+
+    def save(self, r: SliceResult) -> None:
+        """Checkpoint a finished (slice, method), once: a result already on disk is kept."""
+        path = self.checkpoint(r.method, r.index)
+        if not path.exists():
+            save_checkpoint(path, r)
+
+    def save_mask(self, wm: WeightMask, r: SliceResult) -> None:
+        wm.save(self.mask_path)
+        self.save(r)
 
     def weight_mask(self) -> WeightMask | None:
-        """The OES mask shared by the volume's slices (``mask_per == "volume"``), or a given one."""
-        cfg = self.cfg
-        if cfg.weight_mask is not None:
-            wm = WeightMask.load(cfg.weight_mask)
-            if wm.meta.get("arch") not in (None, cfg.settings.dip.arch.to_dict()):
-                raise InputError(cfg.weight_mask, f"weight mask was made for architecture {wm.meta.get('arch')}, "
-                                                  f"not {cfg.settings.dip.arch.to_dict()}")
-            return wm
-        if "oes" not in cfg.methods or cfg.mask_per != "volume":
+        """The OES mask shared by the volume's slices (learned here if needed), or a given one."""
+        if self.cfg.weight_mask is not None:
+            return self.given_mask()
+        if "oes" not in self.cfg.methods or self.cfg.mask_per != "volume":
             return None
-        path = self.ckdir / "oes" / "weight_mask.safetensors"
-        if path.exists():
-            return WeightMask.load(path)
-        ref = self.indices[len(self.indices) // 2]
-        x = self.slice_input(ref)
-        t = time.perf_counter()
-        res = run_method("oes", x, cfg.settings, None, self._fit_progress("oes", ref))
-        res.weight_mask.save(path)
-        self._save(x, "oes", ref, res, time.perf_counter() - t)
-        return res.weight_mask
+        if self.needs_mask():
+            t = time.perf_counter()
+            self.save_mask(*self.learn_mask(self.progress))
+            self.progress.done(f"{self.info.path.name} slice {self.reference_slice} oes (volume mask)",
+                               time.perf_counter() - t)
+        return WeightMask.load(self.mask_path)
 
-    def _fit_progress(self, method: str, index: int):
-        if self.progress is None:
-            return None
-        return lambda step, loss: self.progress(f"{self.info.path.name} slice {index} {method}: step {step} loss {loss:.4g}")
-
-    def _save(self, x: SliceInput, method: str, index: int, res, seconds: float) -> None:
-        image = dc_rss(res.recon.coil_images, x.kspace, x.mask, x.recon_size).cpu().numpy()
-        if not np.isfinite(image).all():
-            raise RuntimeError(f"{x.source}: {method} produced a non-finite image; not written")
-        save_checkpoint(self.checkpoint(method, index), image, seconds, res.history)
+    def todo(self) -> dict[str, list[int]]:
+        """Slices without a checkpoint, per method."""
+        return {m: [i for i in self.indices if not self.checkpoint(m, i).exists()] for m in self.cfg.methods}
 
     def run(self) -> list[dict]:
         """Reconstruct every missing (slice, method), then write the volume's outputs."""
+        self.progress.volume(self.info.path.name, sum(map(len, self.todo().values())))
         wm = self.weight_mask()
-        for index in self.indices:
-            todo = [m for m in self.cfg.methods if not self.checkpoint(m, index).exists()]
-            if not todo:
-                continue
-            x = self.slice_input(index)
-            for m in todo:
-                t = time.perf_counter()
-                res = run_method(m, x, self.cfg.settings, wm, self._fit_progress(m, index))
-                self._save(x, m, index, res, time.perf_counter() - t)
-                if self.progress is not None:
-                    self.progress(f"{self.info.path.name} slice {index} {m}: done in {time.perf_counter() - t:.1f}s")
+        for results in self.reconstruct(self.todo(), wm, self.progress):
+            for r in results:
+                self.save(r)
+            self.progress.done(f"{self.info.path.name} slice {','.join(str(r.index) for r in results)} "
+                               f"{results[0].method}", sum(r.seconds for r in results), len(results))
+        return self.finish()
+
+    def finish(self) -> list[dict]:
+        """Write the final files and return the metric records (every checkpoint must exist)."""
         target = self.targets()
-        return [self._finish(m, target) for m in self.cfg.methods]
+        records = [self._finish(m, target) for m in self.cfg.methods]
+        self.progress.volume_done()
+        return records
 
     def targets(self) -> np.ndarray | None:
         if not self.info.has_target:
@@ -245,7 +349,7 @@ def write_metrics(out: Path, records: list[dict]) -> list[dict]:
     return merged
 
 
-def run(cfg: RunConfig, progress: Callable[[str], object] | None = None,
+def run(cfg: RunConfig, progress: Progress | None = None,
         on_volume: Callable[[VolumeRun, list[dict]], None] | None = None) -> list[dict]:
     """Reconstruct every volume of ``cfg.data``; returns this run's metric records."""
     records: list[dict] = []

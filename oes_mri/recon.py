@@ -38,6 +38,7 @@ examples:
   python -m oes_mri.recon --accel 4
   python -m oes_mri.recon --data knee/file1000001.h5 --slices 15:20 --methods all --device cuda
   python -m oes_mri.recon --data knee_val/ --accel 8 --weight-mask recon_out/oes_mask.safetensors
+  python -m oes_mri.recon --data knee_val/ --device cuda --ray auto --ray-task-gpus 0.5
 """
 
 
@@ -77,22 +78,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learn one OES mask per volume on its middle slice and reuse it, or one per slice")
     g.add_argument("--output-iterate", choices=["best", "last", "ema"], default="best",
                    help="returned DIP iterate: lowest data loss (default), last, or moving average")
+    g.add_argument("--compile", action="store_true", help="torch.compile the generator (see benchmarks/speed.py)")
+    g.add_argument("--amp", action="store_true",
+                   help="bf16 autocast for the generator, FFTs and data term in fp32 (for CUDA)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    g.add_argument("--batch-slices", type=int, default=1,
+                   help="fit this many slices at once (one batched network; faster on GPUs; default 1)")
     g.add_argument("--out", type=Path, default=Path("recon_out"), help="output folder (default recon_out/)")
     g.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
     g.add_argument("--quiet", action="store_true", help="print only the final table")
+    g = p.add_argument_group("scale-out (needs pip install 'oes-mri[ray]')")
+    g.add_argument("--ray", metavar="WHERE", default=None,
+                   help="run slices as Ray tasks: 'local' (start Ray here), 'auto' (join the running "
+                        "cluster, e.g. after 'ray start --head') or a cluster address")
+    g.add_argument("--ray-workers", type=int, default=None, help="CPUs of a --ray local instance (default all)")
+    g.add_argument("--ray-task-cpus", type=float, default=1.0, help="CPUs each task asks for (default 1)")
+    g.add_argument("--ray-task-gpus", type=float, default=None,
+                   help="GPUs each task asks for, fractions pack fits (default 1 with --device cuda, else 0)")
     g.add_argument("--no-figures", action="store_true", help="skip figures and report.md")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
-def resolve_device(spec: str) -> str:
-    """``auto`` -> cuda if available else cpu; reject CUDA without a GPU."""
+def resolve_device(spec: str, remote: bool = False) -> str:
+    """``auto`` -> cuda if available else cpu; reject CUDA without a GPU (unless the work runs
+    on remote Ray workers, ``remote``, which get their GPUs from Ray)."""
     import torch
 
     if spec == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda") and remote:
+        return spec
     if spec.startswith("cuda"):
         if not torch.cuda.is_available():
             raise InputError(None, f"--device {spec}: CUDA is not available on this machine (torch.cuda.is_available() is False)")
@@ -123,6 +140,8 @@ def make_config(args: argparse.Namespace):
         v = getattr(args, name)
         if v is not None and v < 1:
             raise InputError(None, f"--{name.replace('_', '-')} {v}: must be >= 1")
+    if args.batch_slices < 1:
+        raise InputError(None, f"--batch-slices {args.batch_slices}: must be >= 1")
     if not args.lr > 0:
         raise InputError(None, f"--lr {args.lr}: must be > 0")
     try:
@@ -134,14 +153,15 @@ def make_config(args: argparse.Namespace):
 
         WeightMask.load(args.weight_mask)  # readable, else a clear error now
     dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, lr=args.lr, seed=args.dip_seed,
-                    output=args.output_iterate)
+                    output=args.output_iterate, compile=args.compile, amp=args.amp)
     dip = dataclasses.replace(dip, **{k: v for k, v in (("steps", args.steps), ("mask_steps", args.mask_steps))
                                       if v is not None})
     return RunConfig(data=args.data or sample_path(), out=args.out, methods=methods, accel=args.accel,
                      center_fraction=args.center_fraction, mask_kind=args.mask_kind, seed=args.seed,
                      slices=args.slices, challenge=args.challenge, settings=MethodSettings(dip=dip),
-                     weight_mask=args.weight_mask, mask_per=args.mask_per, device=resolve_device(args.device),
-                     overwrite=args.overwrite)
+                     weight_mask=args.weight_mask, mask_per=args.mask_per,
+                     device=resolve_device(args.device, remote=args.ray not in (None, "local")),
+                     overwrite=args.overwrite, batch_slices=args.batch_slices)
 
 
 def _figures(vol, records: list[dict]) -> list[str]:
@@ -191,31 +211,80 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from tqdm import tqdm
+class BarProgress:
+    """tqdm bars on a terminal: one per volume ((slice, method) jobs), one per fit (steps,
+    loss, PSNR when a target exists)."""
 
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.tqdm, self.bar = tqdm, None
+
+    def volume(self, name: str, jobs: int) -> None:
+        self.bar = self.tqdm(total=jobs, desc=name, unit="job", position=0, leave=True, file=sys.stderr)
+
+    def fit(self, desc: str, steps: int):
+        bar = self.tqdm(total=steps, desc=desc.split(" ", 1)[-1], unit="step", position=1, leave=False,
+                        file=sys.stderr)
+
+        def update(step: int, info: dict) -> None:
+            bar.update(step - bar.n)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in info.items() if k in ("loss", "psnr")}, refresh=False)
+            if step >= steps:
+                bar.close()
+        return update
+
+    def done(self, desc: str, seconds: float, jobs: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(jobs)
+
+    def volume_done(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class LogProgress:
+    """Plain log lines (not a terminal)."""
+
+    def volume(self, name: str, jobs: int) -> None:
+        log.info("%s: %d reconstruction(s) to do", name, jobs)
+
+    def fit(self, desc: str, steps: int):
+        def update(step: int, info: dict) -> None:
+            extra = "".join(f" {k} {v:.4g}" for k, v in info.items() if k in ("loss", "psnr"))
+            log.info("%s: step %d/%d%s", desc, step, steps, extra)
+        return update
+
+    def done(self, desc: str, seconds: float, jobs: int = 1) -> None:
+        log.info("%s: done in %.1fs", desc, seconds)
+
+    def volume_done(self) -> None:
+        pass
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from oes_mri import report
-    from oes_mri.pipeline import run
+    from oes_mri.pipeline import Progress, run
 
     cfg = make_config(args)
-    tty = sys.stderr.isatty() and not args.quiet
-    bar = tqdm(total=None, unit="", bar_format="{desc}", file=sys.stderr) if tty else None
-
-    def progress(msg: str) -> None:
-        if bar is not None:
-            bar.set_description_str(msg)
-        elif not args.quiet:
-            log.info(msg)
-
+    if args.quiet:
+        progress = Progress()
+    else:
+        progress = BarProgress() if sys.stderr.isatty() else LogProgress()
     figures: list[str] = []
 
     def on_volume(vol, recs):
         if not args.no_figures:
             figures.extend(_figures(vol, recs))
 
-    records = run(cfg, progress, on_volume)
-    if bar is not None:
-        bar.close()
+    if args.ray is not None:
+        from oes_mri.ray_runner import RayOptions, run_ray
+
+        gpus = args.ray_task_gpus if args.ray_task_gpus is not None else float(cfg.device.startswith("cuda"))
+        opts = RayOptions(args.ray, args.ray_workers, args.ray_task_cpus, gpus)
+        records = run_ray(cfg, opts, progress, on_volume)
+    else:
+        records = run(cfg, progress, on_volume)
     rows = report.summary_rows(records)
     if not args.no_figures:
         report.write_report(cfg.out, records, figures, argv)

@@ -46,3 +46,15 @@ def tiny_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "tiny_vol.h5"
     imgs = np.stack([phantom_image(32, 0), phantom_image(32, 1)])
     return write_fastmri_file(path, imgs, num_coils=4, snr=40.0, seed=3, scale=2e-4)
+
+
+@pytest.fixture(scope="session")
+def two_volumes(tmp_path_factory) -> Path:
+    """A folder of two 3-slice, 4-coil simulated fastMRI files (recon 32x32)."""
+    from oes_mri.data.simulate import write_fastmri_file
+
+    folder = tmp_path_factory.mktemp("vols")
+    for i in range(2):
+        imgs = np.stack([phantom_image(32, 10 * i + s) for s in range(3)])
+        write_fastmri_file(folder / f"vol{i}.h5", imgs, num_coils=4, snr=40.0, seed=i, scale=2e-4)
+    return folder

@@ -169,3 +169,14 @@ def test_snip_and_imp():
     imp = imp_mask(gen, 0.1, lambda g, m: fit(g, _loss, 5, 1e-2, m), rounds=2)
     assert abs(imp.density - 0.1) < 1e-3 and imp.meta["rounds"] == 2
     assert all(torch.equal(init[n], p) for n, p in gen.named_parameters())  # rewound
+
+
+def test_closed_form_kl_gradient_matches_autograd():
+    from oes_mri.pruning.oes import add_kl_grad_
+
+    p = (torch.randn(500) * 3).requires_grad_(True)
+    bernoulli_kl(torch.sigmoid(p), 0.05).backward()
+    auto = p.grad.clone()
+    p.grad.zero_()
+    add_kl_grad_({"w": p}, 0.05, 1.0)
+    assert torch.allclose(p.grad, auto, rtol=1e-4, atol=1e-6)

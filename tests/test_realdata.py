@@ -1,7 +1,6 @@
 """The three real raw-data files of ../shared/data (skipped with a reason when absent)."""
 
 import numpy as np
-import pytest
 
 from oes_mri import load_volume
 from oes_mri.metrics import volume_metrics

@@ -30,7 +30,6 @@ def test_simulation_deterministic(tmp_path):
 
 
 def test_target_is_rss_of_fully_sampled(tiny_file):
-    import torch
 
     from oes_mri import center_crop, ifft2c, rss
 

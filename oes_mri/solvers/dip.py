@@ -82,10 +82,31 @@ class FitResult:
     monitor: list[dict] = field(default_factory=list)
 
 
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam, fused (one kernel for all tensors) where PyTorch has it (CPU, CUDA)."""
+    params = list(params)
+    return torch.optim.Adam(params, lr=lr, fused=params[0].device.type in ("cpu", "cuda"))
+
+
+def generator_forward(gen: nn.Module, compile: bool = False, amp: bool = False) -> Callable[[], torch.Tensor]:
+    """``gen()`` as the fit calls it: optionally compiled, optionally under bf16 autocast
+    (the generator returns fp32 complex images either way)."""
+    run = torch.compile(gen) if compile else gen
+    if not amp:
+        return run
+    device_type = next(gen.parameters()).device.type
+
+    def forward() -> torch.Tensor:
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return run()
+    return forward
+
+
 def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: int, lr: float = 1e-2,
         weight_mask: WeightMask | None = None, ema_decay: float | None = None, log_every: int = 50,
         monitor: Callable[[torch.Tensor], dict] | None = None,
-        progress: Callable[[int, float], None] | None = None) -> FitResult:
+        progress: Callable[[int, dict], None] | None = None, compile: bool = False,
+        amp: bool = False) -> FitResult:
     """Fit ``gen`` to minimise ``loss_fn(gen())`` with Adam (in place).
 
     Args:
@@ -97,14 +118,18 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         ema_decay: if set, also return ``ema = d * ema + (1 - d) * output``.
         log_every: check for divergence, call ``monitor`` and ``progress`` every so many steps.
         monitor: ``monitor(output) -> dict`` (e.g. PSNR against a target), logged with the step.
-        progress: ``progress(step, loss)``.
+        progress: ``progress(step, {'loss': ..., **monitor(output)})``.
+        compile: run the generator through ``torch.compile`` (first steps pay the compilation).
+        amp: bf16 autocast for the generator (output cast to fp32: FFTs and loss stay fp32);
+            meant for CUDA.
 
     Raises:
         FitDiverged: a NaN/Inf loss (the caller retries with a smaller learning rate).
     """
     handles = weight_mask.apply_(gen) if weight_mask is not None else []
     gen.train()
-    opt = torch.optim.Adam(gen.parameters(), lr=lr)
+    forward = generator_forward(gen, compile, amp)
+    opt = adam(gen.parameters(), lr)
     device = next(gen.parameters()).device
     losses = torch.zeros(steps, device=device)
     best_loss = torch.tensor(float("inf"), device=device)
@@ -112,7 +137,7 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
     logs: list[dict] = []
     try:
         for step in range(steps):
-            out = gen()
+            out = forward()
             loss = loss_fn(out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -130,10 +155,11 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
                 value = float(loss.detach())
                 if value != value or value in (float("inf"), float("-inf")):
                     raise FitDiverged(f"loss became {value} at step {step + 1}")
+                info = {"loss": value, **(monitor(out) if monitor is not None else {})}
                 if monitor is not None:
-                    logs.append({"step": step + 1, "loss": value, **monitor(out)})
+                    logs.append({"step": step + 1, **info})
                 if progress is not None:
-                    progress(step + 1, value)
+                    progress(step + 1, info)
     finally:
         for h in handles:
             h.remove()

@@ -11,18 +11,21 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from typing import Callable
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
+from torch import nn
 
 from oes_mri.metrics import slice_metrics
 from oes_mri.nets.generator import ArchConfig, build_generator
+from oes_mri.physics.sense import SenseOp
 from oes_mri.pruning.baselines import baseline_mask, imp_mask
 from oes_mri.pruning.oes import oes_mask
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.combine import dc_rss
-from oes_mri.solvers.dip import FitDiverged, fit, make_problem
+from oes_mri.solvers.batched import fit_batched
+from oes_mri.solvers.dip import FitDiverged, FitResult, KspaceProblem, fit, make_problem
 
 log = logging.getLogger("oes_mri")
 
@@ -50,6 +53,8 @@ class DipConfig:
         transfer_init: with a given mask: "same" (the mask's init seed) or "fresh" (``seed``).
         log_every: steps between logs/monitoring.
         retries: on divergence, retries from a fresh init at half the learning rate.
+        compile: ``torch.compile`` the generator for the fit.
+        amp: bf16 autocast for the generator in the fit (CUDA; FFT and data term in fp32).
     """
 
     pruning: str = "oes"
@@ -71,6 +76,8 @@ class DipConfig:
     transfer_init: str = "same"
     log_every: int = 25
     retries: int = 2
+    compile: bool = False
+    amp: bool = False
 
 
 @dataclasses.dataclass
@@ -114,10 +121,52 @@ def _monitor(problem, kspace, mask, target, recon_size) -> Callable | None:
     return mon
 
 
+class _Setup(NamedTuple):
+    gen: nn.Module
+    problem: KspaceProblem
+    weight_mask: WeightMask | None
+    mask_losses: list[float]
+    mask_seconds: float
+
+
+def _setup(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | None, cfg: DipConfig, seed: int,
+           weight_mask: WeightMask | None, source: str) -> _Setup:
+    """Generator from ``seed``, the scaled problem, and the weight mask (given or made)."""
+    t0 = time.perf_counter()
+    gen = build_generator(cfg.arch, tuple(kspace.shape[-2:]), 1 if maps is not None else kspace.shape[0],
+                          seed, kspace.device)
+    with torch.no_grad():
+        problem = make_problem(kspace, mask, maps, gen())
+    meta = {"arch": cfg.arch.to_dict(), "init_seed": seed, "source": source,
+            "sensitivity_free": maps is None, "num_images": gen.num_images}
+    mask_losses: list[float] = []
+    wm = weight_mask
+    if wm is None:
+        wm, mask_losses = _make_mask(cfg, gen, problem, meta)
+    return _Setup(gen, problem, wm, mask_losses, time.perf_counter() - t0)
+
+
+def _init_seed(cfg: DipConfig, weight_mask: WeightMask | None) -> int:
+    if weight_mask is not None and cfg.transfer_init == "same":
+        return int(weight_mask.meta.get("init_seed", cfg.seed))
+    return cfg.seed
+
+
+def _output(cfg: DipConfig, st: _Setup, res: FitResult, lr: float, fit_seconds: float) -> DipOutput:
+    out = {"best": res.best, "last": res.last, "ema": res.ema if res.ema is not None else res.last}[cfg.output]
+    problem = st.problem
+    history = {"losses": res.losses, "monitor": res.monitor, "mask_losses": st.mask_losses,
+               "best_loss": res.best_loss, "lr": lr, "mask_seconds": st.mask_seconds,
+               "fit_seconds": fit_seconds, "scale": problem.scale,
+               "last_coil_images": problem.coil_images(res.last)}
+    image = out[0] / problem.scale if isinstance(problem.op, SenseOp) else None
+    return DipOutput(problem.coil_images(out), image, st.weight_mask, history)
+
+
 def reconstruct_dip(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | None, cfg: DipConfig,
                     recon_size: tuple[int, int], weight_mask: WeightMask | None = None,
                     target: np.ndarray | None = None, source: str = "",
-                    progress: Callable[[int, float], None] | None = None) -> DipOutput:
+                    progress: Callable[[int, dict], None] | None = None) -> DipOutput:
     """Reconstruct one slice with an untrained generator.
 
     Args:
@@ -129,40 +178,65 @@ def reconstruct_dip(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor
         weight_mask: a saved mask to reuse (transfer) instead of learning one.
         target: ``(rH, rW)`` target for PSNR/SSIM curves (not used by the fit).
         source: file/slice name for logs and the mask metadata.
+        progress: ``progress(step, {'loss': ..., 'psnr': ...})`` every ``cfg.log_every`` steps.
     """
     if cfg.pruning not in PRUNINGS:
         raise ValueError(f"unknown pruning {cfg.pruning!r}; one of {PRUNINGS}")
     maps = None if cfg.sensitivity_free else maps
-    seed = cfg.seed
-    if weight_mask is not None and cfg.transfer_init == "same":
-        seed = int(weight_mask.meta.get("init_seed", seed))
-    lr = cfg.lr
+    seed, lr = _init_seed(cfg, weight_mask), cfg.lr
     for attempt in range(cfg.retries + 1):
-        t0 = time.perf_counter()
-        gen = build_generator(cfg.arch, tuple(kspace.shape[-2:]), 1 if maps is not None else kspace.shape[0],
-                              seed, kspace.device)
-        with torch.no_grad():
-            problem = make_problem(kspace, mask, maps, gen())
-        meta = {"arch": cfg.arch.to_dict(), "init_seed": seed, "source": source,
-                "sensitivity_free": maps is None, "num_images": gen.num_images}
-        mask_losses: list[float] = []
-        wm = weight_mask
-        if wm is None:
-            wm, mask_losses = _make_mask(cfg, gen, problem, meta)
+        st = _setup(kspace, mask, maps, cfg, seed, weight_mask, source)
         t1 = time.perf_counter()
         try:
-            res = fit(gen, problem.loss, cfg.steps, lr, wm, cfg.ema_decay if cfg.output == "ema" else None,
-                      cfg.log_every, _monitor(problem, kspace, mask, target, recon_size), progress)
-            break
+            res = fit(st.gen, st.problem.loss, cfg.steps, lr, st.weight_mask,
+                      cfg.ema_decay if cfg.output == "ema" else None, cfg.log_every,
+                      _monitor(st.problem, kspace, mask, target, recon_size), progress, cfg.compile, cfg.amp)
+            return _output(cfg, st, res, lr, time.perf_counter() - t1)
         except FitDiverged as err:
             if attempt == cfg.retries:
                 raise
             log.warning("%s: %s; retrying from a fresh init with learning rate %g", source, err, lr / 2)
             lr, seed = lr / 2, seed + 1000
-    out = {"best": res.best, "last": res.last, "ema": res.ema if res.ema is not None else res.last}[cfg.output]
-    history = {"losses": res.losses, "monitor": res.monitor, "mask_losses": mask_losses,
-               "best_loss": res.best_loss, "lr": lr, "mask_seconds": t1 - t0,
-               "fit_seconds": time.perf_counter() - t1, "scale": problem.scale,
-               "last_coil_images": problem.coil_images(res.last)}
-    image = out[0] / problem.scale if maps is not None else None
-    return DipOutput(problem.coil_images(out), image, wm, history)
+    raise AssertionError("unreachable")
+
+
+class SliceData(NamedTuple):
+    """One slice for :func:`reconstruct_dip_batch`: as the arguments of :func:`reconstruct_dip`."""
+
+    kspace: torch.Tensor
+    mask: torch.Tensor
+    maps: torch.Tensor | None
+    recon_size: tuple[int, int]
+    target: np.ndarray | None = None
+    source: str = ""
+
+
+def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_mask: WeightMask | None = None,
+                          progress: Callable[[int, dict], None] | None = None) -> list[DipOutput]:
+    """Reconstruct several slices of one size at once (:func:`~oes_mri.solvers.batched.fit_batched`).
+
+    Each slice gets what :func:`reconstruct_dip` would give it (own generator from the same
+    seed, own scaling, own mask unless ``weight_mask`` is shared), up to rounding. If any
+    slice diverges, every slice is redone one at a time with :func:`reconstruct_dip`'s retries.
+    ``cfg.output == "ema"``, ``cfg.compile`` and ``cfg.amp`` are not batched (done one at a time).
+    """
+    def one_at_a_time() -> list[DipOutput]:
+        return [reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size, weight_mask, x.target, x.source,
+                                progress) for x in slices]
+
+    if cfg.output == "ema" or cfg.compile or cfg.amp or len(slices) == 1:
+        return one_at_a_time()
+    seed = _init_seed(cfg, weight_mask)
+    xs = [x._replace(maps=None) if cfg.sensitivity_free else x for x in slices]
+    sts = [_setup(x.kspace, x.mask, x.maps, cfg, seed, weight_mask, x.source) for x in xs]
+    t1 = time.perf_counter()
+    try:
+        results = fit_batched([st.gen for st in sts], [st.problem.loss for st in sts], cfg.steps, cfg.lr,
+                              [st.weight_mask for st in sts], cfg.log_every,
+                              [_monitor(st.problem, x.kspace, x.mask, x.target, x.recon_size)
+                               for st, x in zip(sts, xs)], progress)
+    except FitDiverged as err:
+        log.warning("batch %s: %s; fitting its slices one at a time", slices[0].source, err)
+        return one_at_a_time()
+    seconds = (time.perf_counter() - t1) / len(slices)
+    return [_output(cfg, st, res, cfg.lr, seconds) for st, res in zip(sts, results)]

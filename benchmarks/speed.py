@@ -1,0 +1,322 @@
+"""Speed benchmark: what one fit step costs, side by side in one run.
+
+    python benchmarks/speed.py                     # CPU, the committed results (about 10 min)
+    python benchmarks/speed.py --device cuda --amp --compile
+    python benchmarks/speed.py --quick             # smoke run
+
+Measured on the built-in sample (8 coils, 320x184 k-space, fastMRI random 4x mask), full
+OES hourglass (3.0M parameters), interleaved repeats, median seconds per step:
+
+- floor: the bare generator forward + backward (no data term, no optimizer);
+- dense fit step: :func:`oes_mri.solvers.dip.fit` (generator + SenseOp + loss + Adam + best
+  iterate), and the same with a 5 % weight mask;
+- OES step: :func:`oes_mri.pruning.oes.learn_oes_logits` (functional masks, no copies);
+- reference OES step: the published code's way (deep copy of the network every step, relaxed
+  masks multiplied into the copy's weights in place);
+- optional ``torch.compile`` and bf16 autocast of the fit step;
+- batched fitting: slices per second fitting B slices at once vs one at a time;
+- FLOPs per step (``torch.utils.flop_counter``) and achieved FLOP/s;
+- scaling with image size and coil count (seconds per dense step, peak memory: CPU RSS of a
+  fresh subprocess, CUDA max allocated);
+- time to quality, read from ``quality_rows.jsonl`` (``benchmarks/quality.py``).
+
+Writes ``speed.md`` (command at the top) and ``speed.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from oes_mri.atomic import atomic_write_bytes
+from oes_mri.nets.generator import ArchConfig, build_generator
+from oes_mri.physics.masks import fastmri_mask
+from oes_mri.pruning.oes import bernoulli_kl, learn_oes_logits, relaxed_mask
+from oes_mri.pruning.weightmask import WeightMask, prunable_names, topk_masks
+from oes_mri.solvers.batched import fit_batched
+from oes_mri.solvers.dip import fit, make_problem
+
+ROOT = Path(__file__).resolve().parent
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def synthetic_problem(shape: tuple[int, int], coils: int, device: torch.device, seed: int = 0):
+    """A generator and scaled k-space problem of a given size (content does not change the cost)."""
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn((coils, *shape), dtype=torch.complex64, generator=g)
+    maps = torch.randn((coils, *shape), dtype=torch.complex64, generator=g)
+    maps = maps / maps.abs().square().sum(0).sqrt()
+    m = fastmri_mask(shape, 4, 0.08, seed=seed)
+    gen = build_generator(ArchConfig(), shape, 1, seed, device)
+    y = (k * m.mask).to(device)
+    with torch.no_grad():
+        problem = make_problem(y, m.mask.to(device), maps.to(device), gen())
+    return gen, problem
+
+
+def per_step(run: Callable[[int], object], steps: int, device: torch.device) -> float:
+    """Seconds per step of ``run(steps)`` (after one warm-up call)."""
+    sync(device)
+    t = time.perf_counter()
+    run(steps)
+    sync(device)
+    return (time.perf_counter() - t) / steps
+
+
+def floor_step(gen) -> Callable[[int], None]:
+    params = list(gen.parameters())
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            out = gen()
+            loss = torch.view_as_real(out).square().sum()
+            grads = torch.autograd.grad(loss, params)
+            del grads
+    return run
+
+
+def reference_oes(gen, loss_fn, names: list[str], tau: float = 0.2, lr: float = 1e-2, density: float = 0.05,
+                  kl_weight: float = 1e-9) -> Callable[[int], None]:
+    """OES as the published code does it: a deep copy of the network per step, the relaxed
+    mask multiplied into the copy's (frozen) weights in place, the KL term through autograd."""
+    logits = {n: torch.zeros_like(p, requires_grad=True) for n, p in gen.named_parameters() if n in names}
+    opt = torch.optim.Adam(logits.values(), lr=lr)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            net = copy.deepcopy(gen)
+            for name, p in net.named_parameters():
+                p.requires_grad_(False)
+                if name in logits:
+                    p.mul_(relaxed_mask(logits[name], tau, None))
+            kl = sum(bernoulli_kl(torch.sigmoid(q), density) for q in logits.values())
+            loss = loss_fn(net()) + kl_weight * kl
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return run
+
+
+def measure_steps(args, device: torch.device) -> dict:
+    gen, problem = synthetic_problem(tuple(args.shape), args.coils, device)
+    names = prunable_names(gen, "conv")
+    wm = WeightMask(topk_masks({n: torch.rand_like(p) for n, p in gen.named_parameters() if n in names}, 0.05, 0.01))
+    gens = {k: copy.deepcopy(gen) for k in ("dense", "sparse", "oes", "ref", "compile", "amp")}
+    runs = {
+        "floor: generator forward+backward": floor_step(gens["dense"]),
+        "dense fit step (ours)": lambda n: fit(gens["dense"], problem.loss, n, log_every=10**9),
+        "sparse fit step, 5 % mask (ours)": lambda n: fit(gens["sparse"], problem.loss, n, weight_mask=wm,
+                                                           log_every=10**9),
+        "OES mask-learning step (ours, functional)": lambda n: learn_oes_logits(gens["oes"], problem.loss, names,
+                                                                                 0.05, n),
+        "OES step, reference (deep copy per step)": reference_oes(gens["ref"], problem.loss, names),
+    }
+    if args.compile:
+        runs["dense fit step, torch.compile"] = lambda n: fit(gens["compile"], problem.loss, n, log_every=10**9,
+                                                              compile=True)
+    if args.amp:
+        runs["dense fit step, bf16 autocast"] = lambda n: fit(gens["amp"], problem.loss, n, log_every=10**9, amp=True)
+    times: dict[str, list[float]] = {k: [] for k in runs}
+    compile_seconds = None
+    for name, run in runs.items():                       # warm-up (and compilation)
+        t = time.perf_counter()
+        run(2)
+        if "compile" in name:
+            compile_seconds = time.perf_counter() - t
+    for _ in range(args.repeats):                        # interleaved repeats
+        for name, run in runs.items():
+            times[name].append(per_step(run, args.steps, device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"seconds": med, "spread": {k: (min(v), max(v)) for k, v in times.items()},
+            "compile_seconds": compile_seconds, "flops": flops_per_step(gens["dense"], problem.loss)}
+
+
+def flops_per_step(gen, loss_fn) -> float:
+    """FLOPs of one generator + data-term forward and backward."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:
+        loss = loss_fn(gen())
+        loss.backward()
+    gen.zero_grad(set_to_none=True)
+    return float(fc.get_total_flops())
+
+
+def measure_batched(args, device: torch.device) -> dict:
+    """Slices per second: B slices one at a time vs fitted together."""
+    out = {}
+    for B in args.batch:
+        pairs = [synthetic_problem(tuple(args.shape), args.coils, device, seed=s) for s in range(B)]
+        gens, losses = [p[0] for p in pairs], [p[1].loss for p in pairs]
+        fit_batched(gens, losses, 2, log_every=10**9)
+        seq = [copy.deepcopy(g) for g in gens]
+        for g, f in zip(seq, losses):
+            fit(g, f, 2, log_every=10**9)
+        t_b, t_s = [], []
+        for _ in range(args.repeats):
+            t_b.append(per_step(lambda n: fit_batched(gens, losses, n, log_every=10**9), args.steps, device))
+            t_s.append(per_step(lambda n: [fit(g, f, n, log_every=10**9) for g, f in zip(seq, losses)],
+                                args.steps, device))
+        out[B] = {"batched_slice_steps_per_s": B / statistics.median(t_b),
+                  "sequential_slice_steps_per_s": B / statistics.median(t_s)}
+    return out
+
+
+def _scaling_child(shape, coils, device_name, steps, threads, queue) -> None:
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    gen, problem = synthetic_problem(tuple(shape), coils, device)
+    fit(gen, problem.loss, 1, log_every=10**9)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    s = per_step(lambda n: fit(gen, problem.loss, n, log_every=10**9), steps, device)
+    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    queue.put((s, peak))
+
+
+def measure_scaling(args, device: torch.device) -> list[dict]:
+    """Dense fit step cost and peak memory per size and coil count, each in a fresh process."""
+    ctx = mp.get_context("spawn")
+    rows = []
+    for shape, coils in args.scaling:
+        q = ctx.Queue()
+        p = ctx.Process(target=_scaling_child, args=(shape, coils, str(device), max(2, args.steps // 4),
+                                                      torch.get_num_threads(), q))
+        p.start()
+        s, peak = q.get()
+        p.join()
+        rows.append({"shape": shape, "coils": coils, "seconds": s, "peak_bytes": peak})
+        print(f"  scaling {shape[0]}x{shape[1]} {coils} coils: {s:.3f} s/step, {peak / 2**20:.0f} MiB", flush=True)
+    return rows
+
+
+def time_to_quality(path: Path) -> list[dict]:
+    """Steps and seconds until Sparse-DIP's last iterate reaches 99 % of its final SSIM."""
+    if not path.exists():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for r in rows:
+        if r["method"] != "oes" or not r.get("curve") or r["experiment"] not in ("table", "curves") \
+                or r["variant"] not in ("default",) and not r["variant"].startswith("steps="):
+            continue
+        curve = r["curve"]
+        final = curve[-1][2]
+        step = next(c[0] for c in curve if c[2] >= 0.99 * final)
+        fit_s = (r["seconds"] - r.get("mask_seconds", 0)) / r["steps"]
+        out.append({"data": r["data"], "accel": r["accel"], "steps": r["steps"], "final_ssim": final,
+                    "step_99": step, "seconds_99": r.get("mask_seconds", 0) + step * fit_s})
+    return out
+
+
+def report(args, argv, res: dict, device: torch.device) -> str:
+    s = res["steps"]["seconds"]
+    floor = s["floor: generator forward+backward"]
+    dense = s["dense fit step (ours)"]
+    oes = s["OES mask-learning step (ours, functional)"]
+    ref = s["OES step, reference (deep copy per step)"]
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    md = [f"# Speed benchmark\n\nCommand: `python benchmarks/speed.py {' '.join(argv[1:])}`\n",
+          f"Machine: {name} ({device.type}), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}. "
+          f"Problem: {args.coils} coils, {args.shape[0]}x{args.shape[1]} k-space, fastMRI random 4x, full "
+          f"OES hourglass (3.0M parameters). Median of {args.repeats} interleaved repeats of {args.steps} steps.\n",
+          "| measurement | s/step | ratio | target |", "|---|---|---|---|"]
+    targets = {"dense fit step (ours)": (floor, "floor", "<= 1.15"),
+               "OES mask-learning step (ours, functional)": (dense, "dense step", "<= 1.3"),
+               "OES step, reference (deep copy per step)": (oes, "our OES step", ">= 2"),
+               "sparse fit step, 5 % mask (ours)": (dense, "dense step", ""),
+               "dense fit step, torch.compile": (dense, "dense step", "< 1"),
+               "dense fit step, bf16 autocast": (dense, "dense step", "< 1")}
+    for k, v in s.items():
+        ref_v, ref_name, tgt = targets.get(k, (None, "", ""))
+        ratio = f"{v / ref_v:.2f}x {ref_name}" if ref_v else ""
+        md.append(f"| {k} | {v:.4f} | {ratio} | {tgt} |")
+    if res["steps"]["compile_seconds"] is not None:
+        md.append(f"\ntorch.compile: first two steps (compilation) took {res['steps']['compile_seconds']:.0f} s.")
+    fl = res["steps"]["flops"]
+    md.append(f"\nFLOPs per fit step (forward + backward, torch.utils.flop_counter): {fl / 1e9:.1f} GFLOP; "
+              f"achieved {fl / dense / 1e9:.1f} GFLOP/s at {dense:.3f} s/step.")
+    md.append(f"\nReference OES / ours: **{ref / oes:.2f}x**; our OES step / our dense step: **{oes / dense:.2f}x**; "
+              f"our dense step / floor: **{dense / floor:.2f}x**.\n")
+    if res.get("batched"):
+        md += ["## Batched multi-slice fitting\n", "| B | slice-steps/s one at a time | batched | speed-up |",
+               "|---|---|---|---|"]
+        for B, r in res["batched"].items():
+            md.append(f"| {B} | {r['sequential_slice_steps_per_s']:.2f} | {r['batched_slice_steps_per_s']:.2f} | "
+                      f"{r['batched_slice_steps_per_s'] / r['sequential_slice_steps_per_s']:.2f}x |")
+    if res.get("scaling"):
+        md += ["\n## Scaling (dense fit step, fresh process each)\n", "| k-space | coils | s/step | peak memory MiB |",
+               "|---|---|---|---|"]
+        for r in res["scaling"]:
+            md.append(f"| {r['shape'][0]}x{r['shape'][1]} | {r['coils']} | {r['seconds']:.3f} | "
+                      f"{r['peak_bytes'] / 2**20:.0f} |")
+    if res.get("ttq"):
+        md += ["\n## Time to quality (Sparse-DIP, from benchmarks/results/quality_rows.jsonl)\n",
+               "| data | accel | fit steps | final SSIM | steps to 99 % of it | seconds (incl. mask learning) |",
+               "|---|---|---|---|---|---|"]
+        for r in res["ttq"]:
+            md.append(f"| {r['data']} | {r['accel']:.2f} | {r['steps']} | {r['final_ssim']:.3f} | {r['step_99']} | "
+                      f"{r['seconds_99']:.0f} |")
+    return "\n".join(md) + "\n"
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--shape", type=int, nargs=2, default=[320, 184])
+    p.add_argument("--coils", type=int, default=8)
+    p.add_argument("--steps", type=int, default=10, help="steps per timed call")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--batch", type=int, nargs="*", default=[4], help="batch sizes for batched fitting")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile")
+    p.add_argument("--amp", action="store_true", help="also time bf16 autocast")
+    p.add_argument("--no-scaling", action="store_true")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--out", type=Path, default=ROOT / "results")
+    args = p.parse_args(argv)
+    args.scaling = [((128, 128), 8), ((320, 184), 4), ((320, 184), 8), ((320, 184), 15), ((640, 368), 15)]
+    if args.quick:
+        args.shape, args.steps, args.repeats, args.batch = [64, 48], 2, 1, [2]
+        args.scaling = [((64, 48), 4)]
+        args.out = args.out / "quick"
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv if argv is None else argv
+    args = parse(argv[1:])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    res = {"steps": measure_steps(args, device)}
+    for k, v in res["steps"]["seconds"].items():
+        print(f"  {k}: {v:.4f} s/step", flush=True)
+    res["batched"] = measure_batched(args, device) if args.batch else {}
+    res["scaling"] = [] if args.no_scaling else measure_scaling(args, device)
+    res["ttq"] = time_to_quality(ROOT / "results" / "quality_rows.jsonl")
+    args.out.mkdir(parents=True, exist_ok=True)
+    md = report(args, argv, res, device)
+    atomic_write_bytes(args.out / "speed.md", md.encode())
+    atomic_write_bytes(args.out / "speed.json", json.dumps(res, indent=1, default=str).encode())
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Reconstruct many volumes on a Ray cluster (``python -m oes_mri.recon --ray ...``).
+
+Jobs are Ray tasks: per volume, one task learns the volume's OES mask on its reference slice
+(``--mask-per volume``), and one task per group of ``batch_slices`` slices reconstructs them
+with every method still to do. The mask goes to that volume's slice tasks through Ray's
+object store (the slice tasks depend on it; the other volumes do not wait). Each task asks
+for ``task_cpus`` CPUs and ``task_gpus`` GPUs (fractional values pack several small fits on
+one GPU). Results come back to the driver, which writes them through the same checkpoints
+and atomic final files as the serial path (:mod:`oes_mri.pipeline`): a slice's checkpoint is
+written once, by the driver, when its result arrives.
+
+Failures: a task whose worker process dies (killed, node lost) is retried by Ray up to
+``max_retries`` times; if the driver dies, rerunning the same command resumes from the
+checkpoints. Ray is optional (``pip install 'oes-mri[ray]'``); the serial path never imports it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+from pathlib import Path
+from typing import Callable
+
+from oes_mri.data.fastmri_io import list_volumes
+from oes_mri.errors import InputError
+from oes_mri.pipeline import Progress, RunConfig, SliceResult, VolumeData, VolumeRun, write_metrics
+from oes_mri.pruning.weightmask import WeightMask
+
+RAY_MISSING = "--ray needs Ray, which is not installed: pip install 'oes-mri[ray]'"
+FAULT_ENV = "OES_MRI_FAULT_KILL_ONCE"     # fault injection for tests: a marker file path
+FORWARDED_ENV = ("OES_MRI_CACHE", FAULT_ENV)
+
+
+@dataclasses.dataclass
+class RayOptions:
+    """Where and how to run.
+
+    Attributes:
+        address: "local" (start a Ray instance on this machine, stopped at the end), "auto"
+            (join the running cluster, e.g. after ``ray start --head``) or a cluster address.
+        workers: CPUs of a "local" instance (default: all).
+        task_cpus, task_gpus: resources each task asks for.
+        max_retries: retries of a task whose worker died.
+    """
+
+    address: str = "local"
+    workers: int | None = None
+    task_cpus: float = 1.0
+    task_gpus: float = 0.0
+    max_retries: int = 3
+
+
+def import_ray():
+    """Ray, or an :class:`InputError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError(None, RAY_MISSING) from None
+    return ray
+
+
+def _fault_injection() -> None:
+    """If ``$OES_MRI_FAULT_KILL_ONCE`` names a file that does not exist yet: create it and
+    kill this worker process (SIGKILL), once. Used by the tests to simulate a lost worker."""
+    marker = os.environ.get(FAULT_ENV)
+    if marker and not os.path.exists(marker):
+        Path(marker).write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _learn_mask(path: Path, cfg: RunConfig) -> tuple[WeightMask, SliceResult]:
+    """Task: the volume's OES mask and its reference slice's result."""
+    _fault_injection()
+    return VolumeData(path, cfg).learn_mask()
+
+
+def _reconstruct(path: Path, cfg: RunConfig, todo: dict[str, list[int]],
+                 mask: tuple[WeightMask, SliceResult] | WeightMask | None) -> list[SliceResult]:
+    """Task: reconstruct ``todo`` (method -> slices) of one volume."""
+    _fault_injection()
+    wm = mask[0] if isinstance(mask, tuple) else mask
+    vol = VolumeData(path, cfg)
+    return [r for results in vol.reconstruct(todo, wm) for r in results]
+
+
+def _init(ray, opts: RayOptions) -> bool:
+    """Connect to (or start) Ray; returns whether this call started it."""
+    if ray.is_initialized():
+        return False
+    env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
+    runtime_env = {"env_vars": env} if env else None
+    try:
+        if opts.address == "local":
+            ray.init(num_cpus=opts.workers, include_dashboard=False, runtime_env=runtime_env,
+                     log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=opts.address, runtime_env=runtime_env, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise InputError(None, f"--ray {opts.address}: cannot connect to Ray ({str(err).splitlines()[0]})")
+    return True
+
+
+class _Volume:
+    """Driver-side bookkeeping of one volume: its run and its pending task count."""
+
+    def __init__(self, run: VolumeRun) -> None:
+        self.run, self.pending = run, 0
+
+
+def run_ray(cfg: RunConfig, opts: RayOptions, progress: Progress | None = None,
+            on_volume: Callable[[VolumeRun, list[dict]], None] | None = None) -> list[dict]:
+    """:func:`oes_mri.pipeline.run` on Ray: same outputs, same checkpoints, same records."""
+    ray = import_ray()
+    progress = progress or Progress()
+    vols = [_Volume(VolumeRun(f, cfg)) for f in list_volumes(cfg.data)]   # settings checked up front
+    started = _init(ray, opts)
+    try:
+        remote = dict(num_cpus=opts.task_cpus, num_gpus=opts.task_gpus, max_retries=opts.max_retries)
+        learn = ray.remote(**remote)(_learn_mask)
+        recon = ray.remote(**remote)(_reconstruct)
+        pending: dict = {}
+        jobs = sum(sum(map(len, v.run.todo().values())) for v in vols)
+        progress.volume(f"{len(vols)} volume(s) on Ray", jobs)
+        for v in vols:
+            _submit(ray, v, learn, recon, pending)
+        records: list[dict] = []
+        for v in vols:
+            if v.pending == 0:
+                records += _finish(v, cfg, on_volume)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            ref = done[0]
+            v, kind = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except ray.exceptions.RayTaskError as err:
+                if isinstance(err.cause, InputError):
+                    raise err.cause from None
+                raise
+            results = [result[1]] if kind == "mask" else result
+            if kind == "mask":
+                v.run.save_mask(*result)
+            for r in results:
+                v.run.save(r)
+            progress.done(f"{v.run.info.path.name} {kind}", sum(r.seconds for r in results), len(results))
+            v.pending -= 1
+            if v.pending == 0:
+                records += _finish(v, cfg, on_volume)
+        progress.volume_done()
+        return records
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _submit(ray, v: _Volume, learn, recon, pending: dict) -> None:
+    """Submit a volume's mask task (if needed) and its slice tasks."""
+    run = v.run
+    todo = run.todo()
+    mask = None
+    if run.needs_mask():
+        mask = learn.remote(run.info.path, run.cfg)
+        pending[mask] = (v, "mask")
+        v.pending += 1
+        todo["oes"] = [i for i in todo["oes"] if i != run.reference_slice]
+    elif "oes" in todo and todo["oes"]:
+        mask = ray.put(run.weight_mask())
+    for batch in run.batches():
+        part = {m: [i for i in batch if i in idx] for m, idx in todo.items()}
+        part = {m: idx for m, idx in part.items() if idx}
+        if part:
+            ref = recon.remote(run.info.path, run.cfg, part, mask if "oes" in part else None)
+            pending[ref] = (v, "slices")
+            v.pending += 1
+
+
+def _finish(v: _Volume, cfg: RunConfig, on_volume) -> list[dict]:
+    recs = v.run.finish()
+    write_metrics(cfg.out, recs)
+    if on_volume is not None:
+        on_volume(v.run, recs)
+    return recs

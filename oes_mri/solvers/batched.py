@@ -1,0 +1,108 @@
+"""Fit B slices at once: B independent generators (same architecture and output size),
+each with its own weights, weight mask, BatchNorm statistics and data term, evaluated as one
+batched network.
+
+The B networks' parameters are stacked (``torch.func.stack_module_state``) and the network is
+run under ``torch.func.vmap`` (convolutions become grouped convolutions; BatchNorm statistics
+stay per slice, as in B separate runs). The loss is the sum of the B normalised data terms;
+because the parameters are disjoint, each slice gets exactly its own gradient, and Adam is
+elementwise, so every slice follows the same path as a one-slice :func:`~oes_mri.solvers.dip.fit`
+up to floating-point rounding. Masks are applied as ``w * m`` in the forward pass (pruned
+weights are zero at the start and get zero gradients, so they stay exactly zero).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from oes_mri.pruning.weightmask import WeightMask
+from oes_mri.solvers.dip import FitDiverged, FitResult, adam
+
+
+def _stacked_masks(params: dict[str, torch.Tensor], masks: Sequence[WeightMask | None]) -> dict[str, torch.Tensor]:
+    """Per-name ``(B, ...)`` float masks for the names any slice prunes (ones where a slice doesn't)."""
+    names = sorted({n for wm in masks if wm is not None for n in wm.masks})
+    out = {}
+    for n in names:
+        p = params[n]
+        out[n] = torch.stack([wm.masks[n].to(p.device, p.dtype) if wm is not None and n in wm.masks
+                              else torch.ones_like(p[0]) for wm in masks])
+    return out
+
+
+def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Tensor], torch.Tensor]], steps: int,
+                lr: float = 1e-2, weight_masks: Sequence[WeightMask | None] | None = None, log_every: int = 50,
+                monitors: Sequence[Callable[[torch.Tensor], dict] | None] | None = None,
+                progress: Callable[[int, dict], None] | None = None) -> list[FitResult]:
+    """Fit ``gens[b]`` to minimise ``loss_fns[b](gens[b]())`` for every b at once (Adam).
+
+    Args:
+        gens: B generators of one architecture and output size (their weights are updated
+            in place at the end).
+        loss_fns: B scalar data terms.
+        steps, lr, log_every: as in :func:`~oes_mri.solvers.dip.fit`.
+        weight_masks: B masks (``None`` entries: dense).
+        monitors: B optional ``monitor(output) -> dict`` called every ``log_every`` steps.
+        progress: ``progress(step, {'loss': mean loss, **monitor of the first slice})``.
+
+    Returns:
+        B :class:`~oes_mri.solvers.dip.FitResult` (outputs ``(K, H, W)``).
+
+    Raises:
+        FitDiverged: any slice's loss became NaN/Inf.
+    """
+    B = len(gens)
+    masks = list(weight_masks) if weight_masks is not None else [None] * B
+    monitors = list(monitors) if monitors is not None else [None] * B
+    for g, wm in zip(gens, masks):
+        if wm is not None:
+            wm.check_fits(g)
+    params, buffers = stack_module_state(list(gens))
+    stacked = _stacked_masks(params, masks)
+    with torch.no_grad():
+        for n, m in stacked.items():
+            params[n].mul_(m)
+    base = copy.deepcopy(gens[0]).to("meta")
+    batched = vmap(lambda p, b: functional_call(base, (p, b), ()), randomness="error")
+    for g in gens:
+        g.train()
+    base.train()
+    opt = adam(params.values(), lr)
+    device = next(iter(params.values())).device
+    losses = torch.zeros(steps, B, device=device)
+    best_loss = torch.full((B,), float("inf"), device=device)
+    best = None
+    logs: list[list[dict]] = [[] for _ in range(B)]
+    for step in range(steps):
+        eff = {n: p * stacked[n] if n in stacked else p for n, p in params.items()}
+        out = batched(eff, buffers)
+        each = torch.stack([fn(out[b]) for b, fn in enumerate(loss_fns)])
+        opt.zero_grad(set_to_none=True)
+        each.sum().backward()
+        opt.step()
+        out, each = out.detach(), each.detach()
+        losses[step] = each
+        better = each < best_loss
+        best = out if best is None else torch.where(better.view(B, *[1] * (out.dim() - 1)), out, best)
+        best_loss = torch.minimum(best_loss, each)
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            values = each.tolist()
+            bad = [v for v in values if v != v or v in (float("inf"), float("-inf"))]
+            if bad:
+                raise FitDiverged(f"loss became {bad[0]} at step {step + 1}")
+            for b, mon in enumerate(monitors):
+                if mon is not None:
+                    logs[b].append({"step": step + 1, "loss": values[b], **mon(out[b])})
+            if progress is not None:
+                progress(step + 1, {**(logs[0][-1] if logs[0] else {}), "loss": sum(values) / B})
+    with torch.no_grad():
+        for b, g in enumerate(gens):
+            for n, p in g.named_parameters():
+                p.copy_(params[n][b])
+    per_slice = losses.T.tolist()
+    return [FitResult(out[b], best[b], float(best_loss[b]), None, per_slice[b], logs[b]) for b in range(B)]
