@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
                     print(f"  {case.name} {a:g}x {method} {lam:g}: {psnr:.2f} dB {ssim:.3f}", flush=True)
     default = MethodSettings()
     md = ["# Regularisation sweep (CG-SENSE, L1-wavelet, TV)\n",
-          f"Command: `python benchmarks/{Path(argv[0]).name} {' '.join(argv[1:])}`\n",
+          f"Command: `{' '.join(['python', 'benchmarks/' + Path(argv[0]).name, *argv[1:]])}`\n",
           f"Defaults in `MethodSettings`: CG-SENSE lambda {default.cg_lambda:g} ({default.cg_iters} it.), "
           f"L1-wavelet {default.l1_lambda:g}, TV {default.tv_lambda:g} ({default.cs_iters} it.); lambda relative "
           "to max |A^H y|. Bold: best PSNR per case and method.\n",

@@ -148,7 +148,7 @@ def run_row(rows: Rows, experiment: str, case: Case, method: str, variant: str, 
 
 def settings_for(args: argparse.Namespace, **dip: object) -> MethodSettings:
     s = MethodSettings()
-    s.dip = dataclasses.replace(s.dip, steps=args.steps, mask_steps=args.mask_steps, **dip)
+    s.dip = dataclasses.replace(s.dip, **{"steps": args.steps, "mask_steps": args.mask_steps, **dip})
     return s
 
 
@@ -204,7 +204,7 @@ def fmt(v, spec: str) -> str:
 
 
 def table_md(rows: list[dict], experiment: str) -> str:
-    sel = [r for r in rows if r["experiment"] == experiment]
+    sel = sorted((r for r in rows if r["experiment"] == experiment), key=lambda r: (r["data"], r["accel"]))
     out = ["| data | accel | method | variant | PSNR | SSIM | NMSE | PSNR last | SSIM last | peak PSNR (step) | s |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sel:
@@ -267,13 +267,17 @@ def write_results(rows: Rows, out: Path, argv: list[str], seconds: float) -> Non
         w.writerow(r)
     atomic_write_bytes(out / "quality.csv", buf.getvalue().encode())
     figs = plots(allrows, out)
-    md = [f"# Quality benchmark\n\nCommand: `python benchmarks/{Path(argv[0]).name} {' '.join(argv[1:])}`\n",
+    cmd = " ".join(["python", f"benchmarks/{Path(argv[0]).name}", *argv[1:]])
+    md = [f"# Quality benchmark\n\nCommand: `{cmd}`\n",
           f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
-          f"Python {platform.python_version()}. Last run {seconds / 60:.0f} min.\n",
+          f"Python {platform.python_version()}. Rows already in `quality_rows*.jsonl` are reused (delete them "
+          f"to recompute); this invocation took {seconds / 60:.0f} min.\n",
           "fastMRI definitions (NMSE, PSNR, SSIM with data_range = target max), data-consistent RSS, middle "
           "slice, fastMRI random mask with the per-volume seed (accel = realised). DIP rows: PSNR/SSIM of the "
           "lowest-data-loss iterate (the default output), of the last iterate, and the oracle peak PSNR over "
-          "the run (uses the target; reference only).\n"]
+          "the run (uses the target; reference only). Seconds: wall time per slice of a 1-thread process, on a machine "
+          "that may run other parts at the same time (parts run as separate processes): rough; "
+          "`speed.md` has side-by-side timings.\n"]
     for exp, title in (("table", "Methods"), ("density", "OES density sweep"), ("curves", "Long runs"),
                        ("transfer", "Mask transfer"), ("ablation", "What moves Sparse-DIP (OES 5 %, one change each)")):
         if any(r["experiment"] == exp for r in allrows):

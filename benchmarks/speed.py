@@ -133,16 +133,22 @@ def measure_steps(args, device: torch.device) -> dict:
         runs["dense fit step, bf16 autocast"] = lambda n: fit(gens["amp"], problem.loss, n, log_every=10**9, amp=True)
     times: dict[str, list[float]] = {k: [] for k in runs}
     compile_seconds = None
-    for name, run in runs.items():                       # warm-up (and compilation)
+    failed = {}
+    for name, run in list(runs.items()):                 # warm-up (and compilation)
         t = time.perf_counter()
-        run(2)
+        try:
+            run(2)
+        except Exception as err:                         # e.g. torch.compile without a working compiler
+            failed[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+            del runs[name], times[name]
+            continue
         if "compile" in name:
             compile_seconds = time.perf_counter() - t
     for _ in range(args.repeats):                        # interleaved repeats
         for name, run in runs.items():
             times[name].append(per_step(run, args.steps, device))
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"seconds": med, "spread": {k: (min(v), max(v)) for k, v in times.items()},
+    return {"seconds": med, "spread": {k: (min(v), max(v)) for k, v in times.items()}, "failed": failed,
             "compile_seconds": compile_seconds, "flops": flops_per_step(gens["dense"], problem.loss)}
 
 
@@ -155,6 +161,16 @@ def flops_per_step(gen, loss_fn) -> float:
         loss.backward()
     gen.zero_grad(set_to_none=True)
     return float(fc.get_total_flops())
+
+
+def knee_estimate(mask_steps: int = 100, cuda_steps: int = 3000, slices: int = 35) -> dict:
+    """FLOPs of one fit step at fastMRI knee size (15 coils, 640x368) and what a 35-slice
+    volume would take at given achieved FLOP/s: an estimate, not a measurement."""
+    gen, problem = synthetic_problem((640, 368), 15, torch.device("cpu"))
+    flops = flops_per_step(gen, problem.loss)
+    total = flops * (cuda_steps + 1.3 * mask_steps) * slices
+    return {"flops_per_step": flops, "steps": cuda_steps, "mask_steps": mask_steps, "slices": slices,
+            "minutes_at": {f"{r:g} TFLOP/s": total / (r * 1e12) / 60 for r in (20, 50, 100, 200)}}
 
 
 def measure_batched(args, device: torch.device) -> dict:
@@ -185,9 +201,17 @@ def _scaling_child(shape, coils, device_name, steps, threads, queue) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     s = per_step(lambda n: fit(gen, problem.loss, n, log_every=10**9), steps, device)
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss()
     queue.put((s, peak))
+
+
+def peak_rss() -> int:
+    """This process's peak resident set (``VmHWM``, bytes; ``ru_maxrss`` would include the
+    parent's peak, which Linux carries across fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def measure_scaling(args, device: torch.device) -> list[dict]:
@@ -206,11 +230,11 @@ def measure_scaling(args, device: torch.device) -> list[dict]:
     return rows
 
 
-def time_to_quality(path: Path) -> list[dict]:
-    """Steps and seconds until Sparse-DIP's last iterate reaches 99 % of its final SSIM."""
-    if not path.exists():
-        return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def time_to_quality(folder: Path) -> list[dict]:
+    """Steps and seconds until Sparse-DIP's last iterate reaches 99 % of its final SSIM
+    (from the rows ``benchmarks/quality.py`` wrote)."""
+    rows = [json.loads(line) for part in sorted(folder.glob("quality_rows*.jsonl"))
+            for line in part.read_text().splitlines() if line.strip()]
     out = []
     for r in rows:
         if r["method"] != "oes" or not r.get("curve") or r["experiment"] not in ("table", "curves") \
@@ -232,7 +256,7 @@ def report(args, argv, res: dict, device: torch.device) -> str:
     oes = s["OES mask-learning step (ours, functional)"]
     ref = s["OES step, reference (deep copy per step)"]
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    md = [f"# Speed benchmark\n\nCommand: `python benchmarks/speed.py {' '.join(argv[1:])}`\n",
+    md = [f"# Speed benchmark\n\nCommand: `{' '.join(['python', 'benchmarks/speed.py', *argv[1:]])}`\n",
           f"Machine: {name} ({device.type}), {torch.get_num_threads()} torch thread(s), torch {torch.__version__}. "
           f"Problem: {args.coils} coils, {args.shape[0]}x{args.shape[1]} k-space, fastMRI random 4x, full "
           f"OES hourglass (3.0M parameters). Median of {args.repeats} interleaved repeats of {args.steps} steps.\n",
@@ -247,8 +271,11 @@ def report(args, argv, res: dict, device: torch.device) -> str:
         ref_v, ref_name, tgt = targets.get(k, (None, "", ""))
         ratio = f"{v / ref_v:.2f}x {ref_name}" if ref_v else ""
         md.append(f"| {k} | {v:.4f} | {ratio} | {tgt} |")
+    for k, why in res["steps"].get("failed", {}).items():
+        md.append(f"\n{k}: failed ({why}).")
     if res["steps"]["compile_seconds"] is not None:
-        md.append(f"\ntorch.compile: first two steps (compilation) took {res['steps']['compile_seconds']:.0f} s.")
+        md.append(f"\ntorch.compile: first two steps (compilation) took {res['steps']['compile_seconds']:.0f} s "
+                  "(less when inductor's on-disk cache is warm).")
     fl = res["steps"]["flops"]
     md.append(f"\nFLOPs per fit step (forward + backward, torch.utils.flop_counter): {fl / 1e9:.1f} GFLOP; "
               f"achieved {fl / dense / 1e9:.1f} GFLOP/s at {dense:.3f} s/step.")
@@ -267,12 +294,22 @@ def report(args, argv, res: dict, device: torch.device) -> str:
             md.append(f"| {r['shape'][0]}x{r['shape'][1]} | {r['coils']} | {r['seconds']:.3f} | "
                       f"{r['peak_bytes'] / 2**20:.0f} |")
     if res.get("ttq"):
-        md += ["\n## Time to quality (Sparse-DIP, from benchmarks/results/quality_rows.jsonl)\n",
+        md += ["\n## Time to quality (Sparse-DIP, from the rows of benchmarks/quality.py)\n",
                "| data | accel | fit steps | final SSIM | steps to 99 % of it | seconds (incl. mask learning) |",
                "|---|---|---|---|---|---|"]
         for r in res["ttq"]:
             md.append(f"| {r['data']} | {r['accel']:.2f} | {r['steps']} | {r['final_ssim']:.3f} | {r['step_99']} | "
                       f"{r['seconds_99']:.0f} |")
+    k = res.get("knee")
+    if k:
+        md += ["\n## GPU estimate for a fastMRI knee volume (an estimate from FLOPs, not a measurement)\n",
+               f"One fit step at 15 coils, 640x368 k-space (grid 640x384): {k['flops_per_step'] / 1e9:.0f} GFLOP "
+               f"(forward + backward, torch.utils.flop_counter). A {k['slices']}-slice volume with "
+               f"{k['mask_steps']} mask steps (1.3x a fit step) + {k['steps']} fit steps per slice:\n",
+               "| achieved throughput | minutes per volume |", "|---|---|"]
+        md += [f"| {r} | {m:.1f} |" for r, m in k["minutes_at"].items()]
+        md.append("\nAn H100 peaks at about 67 TFLOP/s in fp32, 495 in TF32 and 990 in bf16 (dense); "
+                  "convolutions this size reach a fraction of that. Not measured here: no GPU was available.")
     return "\n".join(md) + "\n"
 
 
@@ -310,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {k}: {v:.4f} s/step", flush=True)
     res["batched"] = measure_batched(args, device) if args.batch else {}
     res["scaling"] = [] if args.no_scaling else measure_scaling(args, device)
-    res["ttq"] = time_to_quality(ROOT / "results" / "quality_rows.jsonl")
+    res["ttq"] = time_to_quality(ROOT / "results")
+    res["knee"] = knee_estimate()
     args.out.mkdir(parents=True, exist_ok=True)
     md = report(args, argv, res, device)
     atomic_write_bytes(args.out / "speed.md", md.encode())

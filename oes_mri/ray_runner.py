@@ -113,9 +113,10 @@ def run_ray(cfg: RunConfig, opts: RayOptions, progress: Progress | None = None,
     """:func:`oes_mri.pipeline.run` on Ray: same outputs, same checkpoints, same records."""
     ray = import_ray()
     progress = progress or Progress()
-    vols = [_Volume(VolumeRun(f, cfg)) for f in list_volumes(cfg.data)]   # settings checked up front
+    files = list_volumes(cfg.data)
     started = _init(ray, opts)
     try:
+        vols = [_Volume(VolumeRun(f, cfg)) for f in files]   # settings checked before any task
         remote = dict(num_cpus=opts.task_cpus, num_gpus=opts.task_gpus, max_retries=opts.max_retries)
         learn = ray.remote(**remote)(_learn_mask)
         recon = ray.remote(**remote)(_reconstruct)

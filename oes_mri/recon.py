@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list of {', '.join(METHODS)}, or 'all' (default {','.join(DEFAULT_METHODS)})")
     g = p.add_argument_group("Sparse-DIP (oes) and DIP")
     g.add_argument("--density", type=float, default=0.05, help="kept fraction of prunable weights (default 0.05)")
-    g.add_argument("--mask-steps", type=int, default=None, help="OES mask-learning steps")
-    g.add_argument("--steps", type=int, default=None, help="fitting steps")
+    g.add_argument("--mask-steps", type=int, default=None, help="OES mask-learning steps (default 100)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="fitting steps (default 450 on the CPU, 3000 on CUDA)")
     g.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the fit (default 0.01)")
     g.add_argument("--arch", choices=ARCHS, default="hourglass", help="generator (default: OES hourglass, 3.0M)")
     g.add_argument("--dip-seed", type=int, default=0, help="generator init / input noise seed (default 0)")
@@ -152,16 +153,26 @@ def make_config(args: argparse.Namespace):
         from oes_mri.pruning.weightmask import WeightMask
 
         WeightMask.load(args.weight_mask)  # readable, else a clear error now
+    device = resolve_device(args.device, remote=args.ray not in (None, "local"))
+    steps = args.steps if args.steps is not None else default_steps(device)
     dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, lr=args.lr, seed=args.dip_seed,
-                    output=args.output_iterate, compile=args.compile, amp=args.amp)
-    dip = dataclasses.replace(dip, **{k: v for k, v in (("steps", args.steps), ("mask_steps", args.mask_steps))
-                                      if v is not None})
+                    output=args.output_iterate, compile=args.compile, amp=args.amp, steps=steps)
+    if args.mask_steps is not None:
+        dip = dataclasses.replace(dip, mask_steps=args.mask_steps)
     return RunConfig(data=args.data or sample_path(), out=args.out, methods=methods, accel=args.accel,
                      center_fraction=args.center_fraction, mask_kind=args.mask_kind, seed=args.seed,
                      slices=args.slices, challenge=args.challenge, settings=MethodSettings(dip=dip),
-                     weight_mask=args.weight_mask, mask_per=args.mask_per,
-                     device=resolve_device(args.device, remote=args.ray not in (None, "local")),
+                     weight_mask=args.weight_mask, mask_per=args.mask_per, device=device,
                      overwrite=args.overwrite, batch_slices=args.batch_slices)
+
+
+def default_steps(device: str) -> int:
+    """Fit steps when ``--steps`` is not given: ``DipConfig``'s 450 on the CPU (the demo's
+    3-minute budget), 3000 on CUDA (Sparse-DIP still gains about 2 dB from 450 to 3000 steps
+    on the shared brain at 4x: benchmarks/results/quality.md)."""
+    from oes_mri.solvers.sparse_dip import DipConfig
+
+    return 3000 if device.startswith("cuda") else DipConfig.steps
 
 
 def _figures(vol, records: list[dict]) -> list[str]:

@@ -83,3 +83,18 @@ def test_divergence_gives_up_after_retries(monkeypatch):
     x = _slices(1)[0]
     with pytest.raises(FitDiverged):
         reconstruct_dip(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="dense", retries=1), x.recon_size)
+
+
+def test_amp_fit_runs_in_bf16_and_returns_fp32():
+    """--amp: the generator runs under bf16 autocast, images and loss stay fp32 complex."""
+    from oes_mri.solvers.dip import generator_forward
+
+    x = _slices(1)[0]
+    cfg = dataclasses.replace(CFG, pruning="dense", amp=True)
+    out = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
+    assert out.coil_images.dtype == torch.complex64 and torch.isfinite(out.coil_images).all()
+    st = sparse_dip._setup(x.kspace, x.mask, x.maps, cfg, 0, None, "")
+    seen = []
+    st.gen.net.out.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    assert generator_forward(st.gen, amp=True)().dtype == torch.complex64
+    assert seen == [torch.bfloat16]

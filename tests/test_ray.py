@@ -78,3 +78,12 @@ def test_serial_path_never_imports_ray(tiny_file, tmp_path):
             f"assert main(['--data', {str(tiny_file)!r}, '--out', {str(tmp_path / 'o')!r}, '--methods', 'zf', "
             "'--no-figures', '--quiet']) == 0; assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_no_running_cluster_exits_2(tiny_file, tmp_path, capsys):
+    pytest.importorskip("ray")
+    out = tmp_path / "o"
+    assert main(["--data", str(tiny_file), "--out", str(out), "--ray", "auto", *ARGS]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--ray auto: cannot connect to Ray" in err
+    assert not out.exists()
