@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=Path("recon_out"), help="output folder (default recon_out/)")
     g.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
     g.add_argument("--quiet", action="store_true", help="print only the final table")
+    g.add_argument("--no-figures", action="store_true", help="skip figures and report.md")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
     g = p.add_argument_group("scale-out (needs pip install 'oes-mri[ray]')")
     g.add_argument("--ray", metavar="WHERE", default=None,
                    help="run slices as Ray tasks: 'local' (start Ray here), 'auto' (join the running "
@@ -97,8 +99,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ray-task-cpus", type=float, default=1.0, help="CPUs each task asks for (default 1)")
     g.add_argument("--ray-task-gpus", type=float, default=None,
                    help="GPUs each task asks for, fractions pack fits (default 1 with --device cuda, else 0)")
-    g.add_argument("--no-figures", action="store_true", help="skip figures and report.md")
-    g.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 

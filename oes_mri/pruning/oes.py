@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from oes_mri.optim import adam
 from oes_mri.pruning.weightmask import WeightMask, prunable_names, topk_masks
 
 
@@ -68,7 +69,7 @@ def learn_oes_logits(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Ten
     """
     params = {n: p.detach() for n, p in gen.named_parameters()}
     logits = {n: torch.zeros_like(params[n], requires_grad=True) for n in names}
-    opt = torch.optim.Adam(logits.values(), lr=lr, fused=next(iter(logits.values())).device.type in ("cpu", "cuda"))
+    opt = adam(logits.values(), lr)
     rng = torch.Generator(device=next(iter(params.values())).device).manual_seed(int(seed))
     losses = torch.zeros(steps, device=next(iter(params.values())).device)
     for step in range(steps):

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from oes_mri.optim import adam
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.solvers.dip import FitDiverged, FitResult, adam
+from oes_mri.solvers.dip import FitDiverged, FitResult
 
 
 def _stacked_masks(params: dict[str, torch.Tensor], masks: Sequence[WeightMask | None]) -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
+from oes_mri.optim import adam
 from oes_mri.physics.sense import CoilOp, SenseOp
 from oes_mri.pruning.weightmask import WeightMask
 
@@ -80,12 +81,6 @@ class FitResult:
     ema: torch.Tensor | None
     losses: list[float]
     monitor: list[dict] = field(default_factory=list)
-
-
-def adam(params, lr: float) -> torch.optim.Adam:
-    """Adam, fused (one kernel for all tensors) where PyTorch has it (CPU, CUDA)."""
-    params = list(params)
-    return torch.optim.Adam(params, lr=lr, fused=params[0].device.type in ("cpu", "cuda"))
 
 
 def generator_forward(gen: nn.Module, compile: bool = False, amp: bool = False) -> Callable[[], torch.Tensor]:
