@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, NamedTuple
 
-
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers import classical
 from oes_mri.solvers.classical import Recon
@@ -84,7 +83,7 @@ def run_batch(name: str, xs: list[SliceInput], settings: MethodSettings, weight_
               progress: Callable[[int, dict], None] | None = None) -> list[MethodResult]:
     """Reconstruct several slices of one size with method ``name``; the untrained
     generators are fitted together (:func:`~oes_mri.solvers.sparse_dip.reconstruct_dip_batch`)."""
-    if name in CLASSICAL or len(xs) == 1:
+    if name in CLASSICAL:
         return [run_method(name, x, settings, weight_mask, progress) for x in xs]
     cfg = dataclasses.replace(settings.dip, pruning=UNTRAINED[name])
     outs = reconstruct_dip_batch(xs, cfg, weight_mask if name == "oes" else None, progress)

@@ -283,12 +283,14 @@ class VolumeRun(VolumeData):
             return self.given_mask()
         if "oes" not in self.cfg.methods or self.cfg.mask_per != "volume":
             return None
-        if self.needs_mask():
-            t = time.perf_counter()
-            self.save_mask(*self.learn_mask(self.progress))
-            self.progress.done(f"{self.info.path.name} slice {self.reference_slice} oes (volume mask)",
-                               time.perf_counter() - t)
-        return WeightMask.load(self.mask_path)
+        if not self.needs_mask():
+            return WeightMask.load(self.mask_path)
+        t = time.perf_counter()
+        wm, ref_result = self.learn_mask(self.progress)
+        self.save_mask(wm, ref_result)
+        self.progress.done(f"{self.info.path.name} slice {self.reference_slice} oes (volume mask)",
+                           time.perf_counter() - t)
+        return wm
 
     def todo(self) -> dict[str, list[int]]:
         """Slices without a checkpoint, per method."""

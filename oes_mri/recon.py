@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from oes_mri.errors import InputError
+from oes_mri.pipeline import Progress
 
 log = logging.getLogger("oes_mri")
 
@@ -222,7 +223,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-class BarProgress:
+def _shown(info: dict) -> dict:
+    """What a progress display shows of a fit's log entry."""
+    return {k: v for k, v in info.items() if k in ("loss", "psnr")}
+
+
+class BarProgress(Progress):
     """tqdm bars on a terminal: one per volume ((slice, method) jobs), one per fit (steps,
     loss, PSNR when a target exists)."""
 
@@ -240,7 +246,7 @@ class BarProgress:
 
         def update(step: int, info: dict) -> None:
             bar.update(step - bar.n)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in info.items() if k in ("loss", "psnr")}, refresh=False)
+            bar.set_postfix({k: f"{v:.4g}" for k, v in _shown(info).items()}, refresh=False)
             if step >= steps:
                 bar.close()
         return update
@@ -254,7 +260,7 @@ class BarProgress:
             self.bar.close()
 
 
-class LogProgress:
+class LogProgress(Progress):
     """Plain log lines (not a terminal)."""
 
     def volume(self, name: str, jobs: int) -> None:
@@ -262,20 +268,17 @@ class LogProgress:
 
     def fit(self, desc: str, steps: int):
         def update(step: int, info: dict) -> None:
-            extra = "".join(f" {k} {v:.4g}" for k, v in info.items() if k in ("loss", "psnr"))
+            extra = "".join(f" {k} {v:.4g}" for k, v in _shown(info).items())
             log.info("%s: step %d/%d%s", desc, step, steps, extra)
         return update
 
     def done(self, desc: str, seconds: float, jobs: int = 1) -> None:
         log.info("%s: done in %.1fs", desc, seconds)
 
-    def volume_done(self) -> None:
-        pass
-
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from oes_mri import report
-    from oes_mri.pipeline import Progress, run
+    from oes_mri.pipeline import run
 
     cfg = make_config(args)
     if args.quiet:

@@ -14,6 +14,7 @@ weights are zero at the start and get zero gradients, so they stay exactly zero)
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable, Sequence
 
 import torch
@@ -93,7 +94,7 @@ def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Te
         best_loss = torch.minimum(best_loss, each)
         if (step + 1) % log_every == 0 or step + 1 == steps:
             values = each.tolist()
-            bad = [v for v in values if v != v or v in (float("inf"), float("-inf"))]
+            bad = [v for v in values if not math.isfinite(v)]
             if bad:
                 raise FitDiverged(f"loss became {bad[0]} at step {step + 1}")
             for b, mon in enumerate(monitors):

@@ -15,6 +15,7 @@ the loop except every ``log_every`` steps.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -148,7 +149,7 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
                 ema = out if ema is None else ema_decay * ema + (1 - ema_decay) * out
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 value = float(loss.detach())
-                if value != value or value in (float("inf"), float("-inf")):
+                if not math.isfinite(value):
                     raise FitDiverged(f"loss became {value} at step {step + 1}")
                 info = {"loss": value, **(monitor(out) if monitor is not None else {})}
                 if monitor is not None:

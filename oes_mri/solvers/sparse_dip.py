@@ -132,6 +132,8 @@ class _Setup(NamedTuple):
 def _setup(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | None, cfg: DipConfig, seed: int,
            weight_mask: WeightMask | None, source: str) -> _Setup:
     """Generator from ``seed``, the scaled problem, and the weight mask (given or made)."""
+    if cfg.pruning not in PRUNINGS:
+        raise ValueError(f"unknown pruning {cfg.pruning!r}; one of {PRUNINGS}")
     t0 = time.perf_counter()
     gen = build_generator(cfg.arch, tuple(kspace.shape[-2:]), 1 if maps is not None else kspace.shape[0],
                           seed, kspace.device)
@@ -180,8 +182,6 @@ def reconstruct_dip(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor
         source: file/slice name for logs and the mask metadata.
         progress: ``progress(step, {'loss': ..., 'psnr': ...})`` every ``cfg.log_every`` steps.
     """
-    if cfg.pruning not in PRUNINGS:
-        raise ValueError(f"unknown pruning {cfg.pruning!r}; one of {PRUNINGS}")
     maps = None if cfg.sensitivity_free else maps
     seed, lr = _init_seed(cfg, weight_mask), cfg.lr
     for attempt in range(cfg.retries + 1):
