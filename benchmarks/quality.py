@@ -43,6 +43,7 @@ from oes_mri.physics.coils import MapCache
 from oes_mri.pipeline import RunConfig, prepare_slice, volume_sampling_mask
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.combine import dc_rss
+from oes_mri.solvers.sparse_dip import DipConfig
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent.parent / "shared" / "data"
@@ -50,14 +51,18 @@ COLUMNS = ("experiment", "data", "accel", "method", "variant", "psnr", "ssim", "
            "psnr_peak", "peak_step", "steps", "seconds", "mask_seconds")
 
 
-ABLATIONS = {                                   # OES variants on the main case, default steps
-    "mask_lr=0.1": {"mask_lr": 0.1},
-    "mask_steps=300": {"mask_steps": 300},
-    "lr=0.03": {"lr": 0.03},
-    "min_layer_density=0.05": {"min_layer_density": 0.05},
-    "scope=conv+out": {"scope": "conv+out"},
-    "sensitivity-free": {"sensitivity_free": True},
-}
+ABLATIONS = ["mask_lr=0.1", "mask_steps=300", "lr=0.03", "min_layer_density=0.05", "scope=conv+out",
+             "sensitivity_free=True"]                  # OES variants on the main case, default steps
+
+
+def ablation(variant: str) -> dict:
+    """``"field=value"`` -> ``{field: value}`` for :class:`DipConfig` (value typed by the field)."""
+    name, _, value = variant.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(DipConfig)}
+    if name not in fields or not value or fields[name].type not in ("int", "float", "str", "bool"):
+        raise SystemExit(f"--ablations: {variant!r} is not field=value for a DipConfig number/string/bool field")
+    kind = fields[name].type
+    return {name: value == "True" if kind == "bool" else {"int": int, "float": float, "str": str}[kind](value)}
 
 
 @dataclasses.dataclass
@@ -74,11 +79,11 @@ def default_files() -> list[Path]:
     return [sample_path()] + ([brain] if brain.exists() else [])
 
 
-def prepare(path: Path, accel: float) -> Case:
-    """The middle slice of ``path`` under the CLI's default fastMRI random mask."""
+def prepare(path: Path, accel: float, device: torch.device) -> Case:
+    """The middle slice of ``path`` under the CLI's default fastMRI random mask, on ``device``."""
     info = read_info(path)
     smask = volume_sampling_mask(info, RunConfig(data=path, out=Path("."), methods=[], accel=accel))
-    x = prepare_slice(info, smask, info.num_slices // 2, torch.device("cpu"), MapCache(cache_dir() / "maps"),
+    x = prepare_slice(info, smask, info.num_slices // 2, device, MapCache(cache_dir() / "maps"),
                       mask_seed="None", accel=accel, cf=None)
     return Case(path.stem, accel, round(smask.acceleration, 2), x)
 
@@ -94,8 +99,9 @@ class Rows:
     (``quality_rows.jsonl``, or ``quality_rows.<part>.jsonl`` for a separate process) and
     sees the rows of every part in its folder."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, suffix: str = "", device: str = "cpu") -> None:
+        self.path, self.suffix = path, suffix          # suffix: appended to every variant (--set)
+        self.device = device                           # recorded in every new row
         self.rows: dict[str, dict] = {}
         for part in sorted(path.parent.glob("quality_rows*.jsonl")):
             for line in part.read_text().splitlines():
@@ -117,6 +123,7 @@ class Rows:
 def run_row(rows: Rows, experiment: str, case: Case, method: str, variant: str, settings: MethodSettings,
             weight_mask: WeightMask | None = None, keep_mask: dict | None = None) -> dict:
     """Run (or reuse) one reconstruction and record its metrics."""
+    variant += rows.suffix
     key = f"{experiment}|{case.name}|{case.accel_nominal}|{method}|{variant}"
     done = rows.get(key)
     if done is not None and (keep_mask is None or done.get("mask_file")):
@@ -128,7 +135,8 @@ def run_row(rows: Rows, experiment: str, case: Case, method: str, variant: str, 
     seconds = time.perf_counter() - t
     nmse, psnr, ssim = score(case, res.recon.coil_images)
     row = {"key": key, "experiment": experiment, "data": case.name, "accel": case.accel, "method": method,
-           "variant": variant, "psnr": psnr, "ssim": ssim, "nmse": nmse, "seconds": round(seconds, 1)}
+           "variant": variant, "psnr": psnr, "ssim": ssim, "nmse": nmse, "seconds": round(seconds, 1),
+           "device": rows.device}
     h = res.history
     if h:
         _, row["psnr_last"], row["ssim_last"] = score(case, h["last_coil_images"])
@@ -148,13 +156,16 @@ def run_row(rows: Rows, experiment: str, case: Case, method: str, variant: str, 
 
 def settings_for(args: argparse.Namespace, **dip: object) -> MethodSettings:
     s = MethodSettings()
-    s.dip = dataclasses.replace(s.dip, **{"steps": args.steps, "mask_steps": args.mask_steps, **dip})
+    base = {"steps": args.steps, "mask_steps": args.mask_steps, "cuda_graph": args.device.startswith("cuda")}
+    for change in args.set:
+        base.update(ablation(change))
+    s.dip = dataclasses.replace(s.dip, **{**base, **dip})
     return s
 
 
 def experiments(args: argparse.Namespace, rows: Rows) -> None:
     files = [Path(p) for p in args.data] if args.data else default_files()
-    cases = {(f.stem, a): prepare(f, a) for f in files for a in args.accels}
+    cases = {(f.stem, a): prepare(f, a, torch.device(args.device)) for f in files for a in args.accels}
     main = cases[(files[-1].stem, args.accels[0])]            # sweep/curves/transfer: the real file at 4x
     masks: dict[str, WeightMask] = {}
     order = [main] + [c for c in cases.values() if c is not main]   # the main case first, the rest last
@@ -164,7 +175,7 @@ def experiments(args: argparse.Namespace, rows: Rows) -> None:
         table(args, rows, main, args.table_methods, args.lrs, masks)
     if "curves" in todo:
         print("long curves", flush=True)
-        for m in ("oes", "dip"):
+        for m in args.curve_methods:
             s = settings_for(args)
             s.dip.steps = args.curve_steps
             run_row(rows, "curves", main, m, f"steps={s.dip.steps}", s)
@@ -182,8 +193,8 @@ def experiments(args: argparse.Namespace, rows: Rows) -> None:
         run_row(rows, "density", main, "oes", f"density={d:g}", settings_for(args, density=d))
     if "ablation" in todo:
         print("ablation: what moves Sparse-DIP", flush=True)
-    for variant, kw in ABLATIONS.items() if "ablation" in todo else []:
-        run_row(rows, "ablation", main, "oes", variant, settings_for(args, **kw))
+    for variant in args.ablations if "ablation" in todo else []:
+        run_row(rows, "ablation", main, "oes", variant, settings_for(args, **ablation(variant)))
     for case in order[1:] if "table" in todo else []:
         print(f"table: {case.name} {case.accel_nominal:g}x", flush=True)
         table(args, rows, case, args.short_methods, args.lrs[:1], masks)
@@ -205,13 +216,15 @@ def fmt(v, spec: str) -> str:
 
 def table_md(rows: list[dict], experiment: str) -> str:
     sel = sorted((r for r in rows if r["experiment"] == experiment), key=lambda r: (r["data"], r["accel"]))
-    out = ["| data | accel | method | variant | PSNR | SSIM | NMSE | PSNR last | SSIM last | peak PSNR (step) | s |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| data | accel | method | variant | PSNR | SSIM | NMSE | PSNR last | SSIM last | peak PSNR (step) | "
+           "peak SSIM (step) | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sel:
         peak = f"{r['psnr_peak']:.2f} ({r['peak_step']})" if r.get("psnr_peak") is not None else ""
+        top = max(r["curve"], key=lambda c: c[2]) if r.get("curve") else None
+        peak_ssim = f"{top[2]:.3f} ({top[0]})" if top else ""
         out.append(f"| {r['data']} | {r['accel']:.2f} | {r['method']} | {r['variant']} | {r['psnr']:.2f} | "
                    f"{r['ssim']:.3f} | {r['nmse']:.4f} | {fmt(r.get('psnr_last'), '.2f')} | "
-                   f"{fmt(r.get('ssim_last'), '.3f')} | {peak} | {r['seconds']:.0f} |")
+                   f"{fmt(r.get('ssim_last'), '.3f')} | {peak} | {peak_ssim} | {r['seconds']:.0f} |")
     return "\n".join(out)
 
 
@@ -227,7 +240,8 @@ def plots(rows: list[dict], out: Path) -> list[str]:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
         for r in curves:
             c = np.asarray(r["curve"])
-            label = {"oes": "Sparse-DIP (OES 5 %)", "dip": "dense DIP"}.get(r["method"], r["method"])
+            label = {"oes": "Sparse-DIP (OES 5 %)", "dip": "dense DIP"}.get(r["method"], r["method"] + " 5 %")
+            label += "".join(f", {v}" for v in r["variant"].split()[1:])          # --set changes
             axes[0].plot(c[:, 0], c[:, 1], label=label)
             axes[1].plot(c[:, 0], c[:, 2], label=label)
         for r in rows:
@@ -268,10 +282,12 @@ def write_results(rows: Rows, out: Path, argv: list[str], seconds: float) -> Non
     atomic_write_bytes(out / "quality.csv", buf.getvalue().encode())
     figs = plots(allrows, out)
     cmd = " ".join(["python", f"benchmarks/{Path(argv[0]).name}", *argv[1:]])
+    devices = sorted({r.get("device", "cpu") for r in allrows})
     md = [f"# Quality benchmark\n\nCommand: `{cmd}`\n",
           f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}, "
-          f"Python {platform.python_version()}. Rows already in `quality_rows*.jsonl` are reused (delete them "
-          f"to recompute); this invocation took {seconds / 60:.0f} min.\n",
+          f"Python {platform.python_version()}; rows made on: {', '.join(devices)}. Rows already in "
+          f"`quality_rows*.jsonl` are reused (delete them to recompute); this invocation took "
+          f"{seconds / 60:.0f} min.\n",
           "fastMRI definitions (NMSE, PSNR, SSIM with data_range = target max), data-consistent RSS, middle "
           "slice, fastMRI random mask with the per-volume seed (accel = realised). DIP rows: PSNR/SSIM of the "
           "lowest-data-loss iterate (the default output), of the last iterate, and the oracle peak PSNR over "
@@ -301,13 +317,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--curve-steps", type=int, default=3000, help="fit steps of the long runs (default 3000)")
     p.add_argument("--experiments", default="table,curves,transfer,density,ablation",
                    help="which parts to run (comma list); parts can run as separate processes")
+    p.add_argument("--curve-methods", default="oes,dip", help="methods of the long runs")
+    p.add_argument("--ablations", nargs="*", default=ABLATIONS,
+                   help="OES variants on the main case, as DipConfig field=value (default: %(default)s)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                   help="DipConfig changes for every untrained method of this run (appended to the variant names)")
+    p.add_argument("--device", default="cpu", help="torch device of the fits (the metrics are computed on the CPU); "
+                   "on CUDA the fit steps are replayed as CUDA graphs")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="tiny step counts (smoke test)")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the tables and plots from the rows")
     p.add_argument("--out", type=Path, default=ROOT / "results")
     args = p.parse_args(argv)
     args.table_methods = args.table_methods.split(",")
     args.short_methods = args.short_methods.split(",")
     args.experiments = args.experiments.split(",")
+    args.curve_methods = args.curve_methods.split(",")
+    for variant in args.ablations + args.set:
+        ablation(variant)                                    # bad names fail before anything runs
     if args.quick:
         args.steps, args.mask_steps, args.densities, args.lrs, args.curve_steps = 10, 5, [0.02], args.lrs[:1], 30
         args.out = args.out / "quick"
@@ -320,10 +347,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     part = "" if args.experiments == parse([]).experiments else "." + "_".join(args.experiments)
-    rows = Rows(args.out / f"quality_rows{part}.jsonl")
+    device = torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else "cpu"
+    rows = Rows(args.out / f"quality_rows{part}.jsonl", "".join(f" {c}" for c in args.set), device)
     t = time.perf_counter()
     try:
-        experiments(args, rows)
+        if not args.report_only:
+            experiments(args, rows)
     finally:
         write_results(rows, args.out, argv, time.perf_counter() - t)
     print(f"wrote {args.out / 'quality.md'}")

@@ -116,7 +116,7 @@ def measure_steps(args, device: torch.device) -> dict:
     gen, problem = synthetic_problem(tuple(args.shape), args.coils, device)
     names = prunable_names(gen, "conv")
     wm = WeightMask(topk_masks({n: torch.rand_like(p) for n, p in gen.named_parameters() if n in names}, 0.05, 0.01))
-    gens = {k: copy.deepcopy(gen) for k in ("dense", "sparse", "oes", "ref", "compile", "amp")}
+    gens = {k: copy.deepcopy(gen) for k in ("dense", "sparse", "oes", "ref", "compile", "amp", "graph", "sgraph")}
     runs = {
         "floor: generator forward+backward": floor_step(gens["dense"]),
         "dense fit step (ours)": lambda n: fit(gens["dense"], problem.loss, n, log_every=10**9),
@@ -131,6 +131,11 @@ def measure_steps(args, device: torch.device) -> dict:
                                                               compile=True)
     if args.amp:
         runs["dense fit step, bf16 autocast"] = lambda n: fit(gens["amp"], problem.loss, n, log_every=10**9, amp=True)
+    if device.type == "cuda":
+        runs["dense fit step, CUDA graph"] = lambda n: fit(gens["graph"], problem.loss, n, log_every=10**9,
+                                                           cuda_graph=True)
+        runs["sparse fit step, 5 % mask, CUDA graph"] = lambda n: fit(gens["sgraph"], problem.loss, n, weight_mask=wm,
+                                                                      log_every=10**9, cuda_graph=True)
     times: dict[str, list[float]] = {k: [] for k in runs}
     compile_seconds = None
     failed = {}
@@ -174,22 +179,28 @@ def knee_estimate(mask_steps: int = 100, cuda_steps: int = 3000, slices: int = 3
 
 
 def measure_batched(args, device: torch.device) -> dict:
-    """Slices per second: B slices one at a time vs fitted together."""
+    """Slice-steps per second: B slices one at a time vs fitted together (and, on CUDA, the
+    same with the step replayed as a CUDA graph)."""
     out = {}
+    graphs = (False, True) if device.type == "cuda" else (False,)
     for B in args.batch:
         pairs = [synthetic_problem(tuple(args.shape), args.coils, device, seed=s) for s in range(B)]
-        gens, losses = [p[0] for p in pairs], [p[1].loss for p in pairs]
-        fit_batched(gens, losses, 2, log_every=10**9)
-        seq = [copy.deepcopy(g) for g in gens]
-        for g, f in zip(seq, losses):
-            fit(g, f, 2, log_every=10**9)
-        t_b, t_s = [], []
+        losses = [p[1].loss for p in pairs]
+        runs = {}
+        for graph in graphs:
+            gens, seq = [copy.deepcopy(p[0]) for p in pairs], [copy.deepcopy(p[0]) for p in pairs]
+            tag = ", CUDA graph" if graph else ""
+            runs["batched" + tag] = lambda n, gens=gens, graph=graph: fit_batched(
+                gens, losses, n, log_every=10**9, cuda_graph=graph)
+            runs["one at a time" + tag] = lambda n, seq=seq, graph=graph: [
+                fit(g, f, n, log_every=10**9, cuda_graph=graph) for g, f in zip(seq, losses)]
+        for run in runs.values():
+            run(4)
+        times = {k: [] for k in runs}
         for _ in range(args.repeats):
-            t_b.append(per_step(lambda n: fit_batched(gens, losses, n, log_every=10**9), args.steps, device))
-            t_s.append(per_step(lambda n: [fit(g, f, n, log_every=10**9) for g, f in zip(seq, losses)],
-                                args.steps, device))
-        out[B] = {"batched_slice_steps_per_s": B / statistics.median(t_b),
-                  "sequential_slice_steps_per_s": B / statistics.median(t_s)}
+            for k, run in runs.items():
+                times[k].append(per_step(run, args.steps, device))
+        out[B] = {k: B / statistics.median(v) for k, v in times.items()}
     return out
 
 
@@ -249,6 +260,23 @@ def time_to_quality(folder: Path) -> list[dict]:
     return out
 
 
+def volume_estimate(res: dict, args, slices: int = 35, steps: int = 3000, mask_steps: int = 100) -> list[str]:
+    """Minutes of Sparse-DIP fitting for a volume from the measured per-step rates (one OES
+    mask per volume, then every slice fitted at the fastest measured slice-step rate)."""
+    s = res["steps"]["seconds"]
+    rates = {f"B={B}, {k}": v for B, r in res["batched"].items() for k, v in r.items()}
+    rates["one slice, 5 % mask"] = 1 / s["sparse fit step, 5 % mask (ours)"]
+    if "sparse fit step, 5 % mask, CUDA graph" in s:
+        rates["one slice, 5 % mask, CUDA graph"] = 1 / s["sparse fit step, 5 % mask, CUDA graph"]
+    oes = s["OES mask-learning step (ours, functional)"] * mask_steps
+    best = max(rates, key=rates.get)
+    minutes = (oes + slices * steps / rates[best]) / 60
+    return [f"\nFitting a {slices}-slice volume of this size ({mask_steps} OES steps once, {steps} fit steps per "
+            f"slice) at the fastest rate measured here ({best}: {rates[best]:.1f} slice-steps/s): "
+            f"**{minutes:.1f} min** (ESPIRiT maps, data consistency and writing not included). Batched rates are "
+            "of dense generators; a 5 % mask costs the same per step."]
+
+
 def report(args, argv, res: dict, device: torch.device) -> str:
     s = res["steps"]["seconds"]
     floor = s["floor: generator forward+backward"]
@@ -282,11 +310,14 @@ def report(args, argv, res: dict, device: torch.device) -> str:
     md.append(f"\nReference OES / ours: **{ref / oes:.2f}x**; our OES step / our dense step: **{oes / dense:.2f}x**; "
               f"our dense step / floor: **{dense / floor:.2f}x**.\n")
     if res.get("batched"):
-        md += ["## Batched multi-slice fitting\n", "| B | slice-steps/s one at a time | batched | speed-up |",
-               "|---|---|---|---|"]
+        kinds = list(next(iter(res["batched"].values())))
+        md += ["## Batched multi-slice fitting (slice-steps per second)\n",
+               "| B | " + " | ".join(kinds) + " | batched / one at a time |", "|---" * (len(kinds) + 2) + "|"]
         for B, r in res["batched"].items():
-            md.append(f"| {B} | {r['sequential_slice_steps_per_s']:.2f} | {r['batched_slice_steps_per_s']:.2f} | "
-                      f"{r['batched_slice_steps_per_s'] / r['sequential_slice_steps_per_s']:.2f}x |")
+            md.append(f"| {B} | " + " | ".join(f"{r[k]:.2f}" for k in kinds) +
+                      f" | {r['batched'] / r['one at a time']:.2f}x |")
+        if device.type == "cuda":
+            md += volume_estimate(res, args)
     if res.get("scaling"):
         md += ["\n## Scaling (dense fit step, fresh process each)\n", "| k-space | coils | s/step | peak memory MiB |",
                "|---|---|---|---|"]
@@ -309,7 +340,9 @@ def report(args, argv, res: dict, device: torch.device) -> str:
                "| achieved throughput | minutes per volume |", "|---|---|"]
         md += [f"| {r} | {m:.1f} |" for r, m in k["minutes_at"].items()]
         md.append("\nAn H100 peaks at about 67 TFLOP/s in fp32, 495 in TF32 and 990 in bf16 (dense); "
-                  "convolutions this size reach a fraction of that. Not measured here: no GPU was available.")
+                  "convolutions this size reach a fraction of that."
+                  + (" The measured GPU numbers are in `gpu.md`." if device.type == "cuda" else
+                     " Not measured on this machine (no GPU)."))
     return "\n".join(md) + "\n"
 
 

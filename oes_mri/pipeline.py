@@ -123,7 +123,7 @@ def prepare_slice(info: VolumeInfo, smask: SamplingMask, index: int, device: tor
     y = kspace.to(device) * mask + 0.0
     source = f"{info.path.name}:{index}"
     ckey = map_cache_key(info.path, index, smask, mask_kind=smask.kind, **key)
-    maps = maps_cache.get_or_compute(ckey, lambda: estimate_maps(y.cpu(), smask, source=source))
+    maps = maps_cache.get_or_compute(ckey, lambda: estimate_maps(y, smask, source=source))
     return SliceInput(y, mask, maps.maps.to(device), info.header.recon_size, target, source)
 
 

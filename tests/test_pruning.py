@@ -180,3 +180,23 @@ def test_closed_form_kl_gradient_matches_autograd():
     p.grad.zero_()
     add_kl_grad_({"w": p}, 0.05, 1.0)
     assert torch.allclose(p.grad, auto, rtol=1e-4, atol=1e-6)
+
+
+def test_oes_logit_inits():
+    from oes_mri.pruning.oes import initial_logits
+
+    gen = _gen()
+    names = prunable_names(gen, "conv")
+    params = dict(gen.named_parameters())
+    zero = initial_logits(params, names, 0.05, "zero")
+    dens = initial_logits(params, names, 0.05, "density")
+    assert all(torch.all(zero[n] == 0) for n in names)
+    assert all(torch.allclose(torch.sigmoid(dens[n]), torch.full_like(dens[n], 0.05)) for n in names)
+    mag = initial_logits(params, names, 0.05, "density+magnitude")
+    for n in names:                                   # per tensor, the order of the logits is that of |w|
+        order = torch.argsort(mag[n].flatten())
+        assert torch.all(params[n].detach().abs().flatten()[order].diff() >= 0)
+    logits, _ = learn_oes_logits(gen, _loss, names, 0.05, 5, init="density")
+    assert any(not torch.allclose(logits[n], dens[n]) for n in names)      # learning starts from there
+    with pytest.raises(ValueError, match="logit init"):
+        initial_logits(params, names, 0.05, "ones")

@@ -54,9 +54,35 @@ def add_kl_grad_(logits: dict[str, torch.Tensor], density: float, weight: float)
         p.grad.addcmul_(q * (1 - q), p - logit_d, value=weight)
 
 
+LOGIT_INITS = ("zero", "density", "magnitude", "density+magnitude")
+
+
+def initial_logits(params: dict[str, torch.Tensor], names: list[str], density: float,
+                   init: str = "zero") -> dict[str, torch.Tensor]:
+    """Starting logits ``p0 = b + g``.
+
+    ``b`` is 0 (``"zero"``, the published OES: each weight kept with probability 1/2 while the
+    mask is learned) or ``logit(density)`` (``"density"``: the relaxed mask keeps the target
+    fraction from the start, so the mask is learned in the sparse regime it will be used in).
+    ``g`` is 0, or ``(|w| - mean |w|) / std |w|`` per tensor (``"magnitude"``: the top-k of
+    the starting logits is magnitude pruning).
+    """
+    if init not in LOGIT_INITS:
+        raise ValueError(f"OES logit init {init!r}: expected one of {', '.join(LOGIT_INITS)}")
+    base = math.log(density / (1 - density)) if init.startswith("density") else 0.0
+    out = {}
+    for n in names:
+        p = torch.full_like(params[n], base)
+        a = params[n].abs()
+        if init.endswith("magnitude") and a.numel() > 1:
+            p += (a - a.mean()) / a.std().clamp_min(1e-12)
+        out[n] = p
+    return out
+
+
 def learn_oes_logits(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], names: list[str],
                      density: float, steps: int, tau: float = 0.2, kl_weight: float = 1e-9,
-                     lr: float = 1e-2, seed: int = 0) -> tuple[dict[str, torch.Tensor], list[float]]:
+                     lr: float = 1e-2, seed: int = 0, init: str = "zero") -> tuple[dict[str, torch.Tensor], list[float]]:
     """Run OES mask learning; returns the logits by name and the loss every step.
 
     Args:
@@ -66,9 +92,10 @@ def learn_oes_logits(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Ten
         density, tau, kl_weight, lr: OES hyper-parameters (published: 0.05, 0.2, 1e-9, 1e-2).
         steps: Adam steps on the logits.
         seed: seeds the Gumbel noise.
+        init: starting logits (:func:`initial_logits`).
     """
     params = {n: p.detach() for n, p in gen.named_parameters()}
-    logits = {n: torch.zeros_like(params[n], requires_grad=True) for n in names}
+    logits = {n: p.requires_grad_() for n, p in initial_logits(params, names, density, init).items()}
     opt = adam(logits.values(), lr)
     rng = torch.Generator(device=next(iter(params.values())).device).manual_seed(int(seed))
     losses = torch.zeros(steps, device=next(iter(params.values())).device)
@@ -112,7 +139,7 @@ def check_pruned(gen: nn.Module, mask: WeightMask) -> None:
 def oes_mask(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], density: float = 0.05,
              steps: int = 300, scope: str = "conv", min_layer_density: float = 0.0, tau: float = 0.2,
              kl_weight: float = 1e-9, lr: float = 1e-2, seed: int = 0,
-             meta: dict | None = None) -> tuple[WeightMask, list[float]]:
+             meta: dict | None = None, init: str = "zero") -> tuple[WeightMask, list[float]]:
     """Learn logits (:func:`learn_oes_logits`), threshold by global top-k, check, return.
 
     Returns:
@@ -120,10 +147,10 @@ def oes_mask(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], de
         and the data loss of every mask-learning step.
     """
     names = prunable_names(gen, scope)
-    logits, losses = learn_oes_logits(gen, loss_fn, names, density, steps, tau, kl_weight, lr, seed)
+    logits, losses = learn_oes_logits(gen, loss_fn, names, density, steps, tau, kl_weight, lr, seed, init)
     mask = WeightMask(topk_masks(logits, density, min_layer_density), {
         **(meta or {}), "method": "oes", "density": density, "mask_steps": steps, "tau": tau,
         "kl_weight": kl_weight, "mask_lr": lr, "scope": scope,
-        "min_layer_density": min_layer_density, "mask_seed": seed})
+        "min_layer_density": min_layer_density, "mask_seed": seed, "logit_init": init})
     check_pruned(gen, mask)
     return mask, losses

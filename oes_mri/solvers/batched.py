@@ -14,7 +14,6 @@ weights are zero at the start and get zero gradients, so they stay exactly zero)
 from __future__ import annotations
 
 import copy
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -23,7 +22,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from oes_mri.optim import adam
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.solvers.dip import FitDiverged, FitResult
+from oes_mri.solvers.dip import FitResult, use_cuda_graph
+from oes_mri.solvers.loop import Record, check_finite, run_steps
 
 
 def _stacked_masks(params: dict[str, torch.Tensor], masks: Sequence[WeightMask | None]) -> dict[str, torch.Tensor]:
@@ -40,14 +40,14 @@ def _stacked_masks(params: dict[str, torch.Tensor], masks: Sequence[WeightMask |
 def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Tensor], torch.Tensor]], steps: int,
                 lr: float = 1e-2, weight_masks: Sequence[WeightMask | None] | None = None, log_every: int = 50,
                 monitors: Sequence[Callable[[torch.Tensor], dict] | None] | None = None,
-                progress: Callable[[int, dict], None] | None = None) -> list[FitResult]:
+                progress: Callable[[int, dict], None] | None = None, cuda_graph: bool = False) -> list[FitResult]:
     """Fit ``gens[b]`` to minimise ``loss_fns[b](gens[b]())`` for every b at once (Adam).
 
     Args:
         gens: B generators of one architecture and output size (their weights are updated
             in place at the end).
         loss_fns: B scalar data terms.
-        steps, lr, log_every: as in :func:`~oes_mri.solvers.dip.fit`.
+        steps, lr, log_every, cuda_graph: as in :func:`~oes_mri.solvers.dip.fit`.
         weight_masks: B masks (``None`` entries: dense).
         monitors: B optional ``monitor(output) -> dict`` called every ``log_every`` steps.
         progress: ``progress(step, {'loss': mean loss, **monitor of the first slice})``.
@@ -65,6 +65,7 @@ def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Te
         if wm is not None:
             wm.check_fits(g)
     params, buffers = stack_module_state(list(gens))
+    graph = use_cuda_graph(cuda_graph, next(iter(params.values())).device)
     stacked = _stacked_masks(params, masks)
     with torch.no_grad():
         for n, m in stacked.items():
@@ -74,37 +75,31 @@ def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Te
     for g in gens:
         g.train()
     base.train()
-    opt = adam(params.values(), lr)
-    device = next(iter(params.values())).device
-    losses = torch.zeros(steps, B, device=device)
-    best_loss = torch.full((B,), float("inf"), device=device)
-    best = None
-    logs: list[list[dict]] = [[] for _ in range(B)]
-    for step in range(steps):
+    opt = adam(params.values(), lr, capturable=graph)
+    record, logs = Record(steps), [[] for _ in range(B)]
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
         eff = {n: p * stacked[n] if n in stacked else p for n, p in params.items()}
         out = batched(eff, buffers)
         each = torch.stack([fn(out[b]) for b, fn in enumerate(loss_fns)])
         opt.zero_grad(set_to_none=True)
         each.sum().backward()
         opt.step()
-        out, each = out.detach(), each.detach()
-        losses[step] = each
-        better = each < best_loss
-        best = out if best is None else torch.where(better.view(B, *[1] * (out.dim() - 1)), out, best)
-        best_loss = torch.minimum(best_loss, each)
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            values = each.tolist()
-            bad = [v for v in values if not math.isfinite(v)]
-            if bad:
-                raise FitDiverged(f"loss became {bad[0]} at step {step + 1}")
-            for b, mon in enumerate(monitors):
-                if mon is not None:
-                    logs[b].append({"step": step + 1, "loss": values[b], **mon(out[b])})
-            if progress is not None:
-                progress(step + 1, {**(logs[0][-1] if logs[0] else {}), "loss": sum(values) / B})
+        return out.detach(), each.detach()
+
+    def on_log(i: int, out: torch.Tensor, each: torch.Tensor) -> None:
+        values = check_finite(each, i)
+        for b, mon in enumerate(monitors):
+            if mon is not None:
+                logs[b].append({"step": i, "loss": values[b], **mon(out[b])})
+        if progress is not None:
+            progress(i, {**(logs[0][-1] if logs[0] else {}), "loss": sum(values) / B})
+
+    out, _ = run_steps(step, steps, record, log_every, on_log, graph)
     with torch.no_grad():
         for b, g in enumerate(gens):
             for n, p in g.named_parameters():
                 p.copy_(params[n][b])
-    per_slice = losses.T.tolist()
-    return [FitResult(out[b], best[b], float(best_loss[b]), None, per_slice[b], logs[b]) for b in range(B)]
+    per_slice = record.losses.T.tolist()
+    return [FitResult(out[b], record.best[b].clone(), float(record.best_loss[b]), None, per_slice[b], logs[b])
+            for b in range(B)]

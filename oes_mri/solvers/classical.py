@@ -9,19 +9,20 @@ Regularisation weights are relative to the data scale: the k-space is divided by
 ``s = max |A^H y|`` before solving and the image multiplied by ``s`` after, so the same
 default works on fastMRI knee data (~1e-4), the built-in sample and the tiny-scale phantom.
 CG-SENSE (Tikhonov) is linear in ``y`` and needs no such scaling. L1-wavelet and TV are
-sigpy's ``L1WaveletRecon`` / ``TotalVariationRecon`` and run on the CPU (sigpy would need
-CuPy for a GPU); CG-SENSE runs in torch on the tensors' device.
+sigpy's ``L1WaveletRecon`` / ``TotalVariationRecon``, run on the tensors' GPU when CuPy is
+installed and on the CPU otherwise (:mod:`oes_mri.sigpy_bridge`); CG-SENSE runs in torch on
+the tensors' device.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from oes_mri.physics.fft import ifft2c
 from oes_mri.physics.sense import SenseOp
+from oes_mri.sigpy_bridge import run_app
 
 
 class Recon(NamedTuple):
@@ -83,12 +84,12 @@ def data_scale(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor) -> 
 
 def _sigpy_recon(app_cls, kspace, mask, maps, lamda, max_iter, **kwargs) -> Recon:
     s = data_scale(kspace, mask, maps)
-    y = (kspace / s).detach().cpu().numpy().astype(np.complex64)
-    mps = maps.detach().cpu().numpy().astype(np.complex64)
-    weights = np.broadcast_to(mask.detach().cpu().numpy().astype(np.float32), y.shape[-2:])
-    app = app_cls(y, mps, lamda, weights=np.ascontiguousarray(weights), max_iter=max_iter,
-                  show_pbar=False, **kwargs)
-    x = torch.from_numpy(np.asarray(app.run()).astype(np.complex64)).to(kspace.device) * s
+    weights = torch.broadcast_to(mask.to(torch.float32), kspace.shape[-2:]).contiguous()
+
+    def app(y, mps, weights, device):
+        return app_cls(y, mps, lamda, weights=weights, max_iter=max_iter, device=device, show_pbar=False, **kwargs)
+    x = run_app(app, {"y": (kspace / s).to(torch.complex64), "mps": maps.to(torch.complex64), "weights": weights},
+                kspace.device) * s
     return Recon(maps * x, x)
 
 

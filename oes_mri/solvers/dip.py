@@ -10,12 +10,12 @@ Fit: Adam on the generator's weights (masked weights stay exactly zero), BatchNo
 training mode, a fixed input, ``steps`` iterations; returns the last iterate, the iterate
 with the lowest data loss (no ground truth needed: robust to the loss spikes of long DIP
 runs) and optionally an exponential moving average of the output. No host-device sync inside
-the loop except every ``log_every`` steps.
+the loop except every ``log_every`` steps; on CUDA the step can be replayed as a CUDA graph
+(:mod:`oes_mri.solvers.loop`).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
@@ -25,10 +25,7 @@ from torch import nn
 from oes_mri.optim import adam
 from oes_mri.physics.sense import CoilOp, SenseOp
 from oes_mri.pruning.weightmask import WeightMask
-
-
-class FitDiverged(RuntimeError):
-    """The loss became NaN or Inf."""
+from oes_mri.solvers.loop import FitDiverged, Record, check_finite, run_steps  # noqa: F401 (FitDiverged: API)
 
 
 class KspaceProblem(NamedTuple):
@@ -86,23 +83,33 @@ class FitResult:
 
 def generator_forward(gen: nn.Module, compile: bool = False, amp: bool = False) -> Callable[[], torch.Tensor]:
     """``gen()`` as the fit calls it: optionally compiled, optionally under bf16 autocast
-    (the generator returns fp32 complex images either way)."""
+    (the generator returns fp32 complex images either way; no autocast weight cache, so the
+    step can be captured in a CUDA graph)."""
     run = torch.compile(gen) if compile else gen
     if not amp:
         return run
     device_type = next(gen.parameters()).device.type
 
     def forward() -> torch.Tensor:
-        with torch.autocast(device_type, dtype=torch.bfloat16):
+        with torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False):
             return run()
     return forward
+
+
+def use_cuda_graph(cuda_graph: bool, device: torch.device, compile: bool = False) -> bool:
+    """Validate the ``cuda_graph`` option: CUDA only, and not together with ``torch.compile``."""
+    if cuda_graph and device.type != "cuda":
+        raise ValueError(f"cuda_graph needs a CUDA device, not {device}")
+    if cuda_graph and compile:
+        raise ValueError("cuda_graph and compile are exclusive (torch.compile has its own CUDA graphs)")
+    return cuda_graph
 
 
 def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: int, lr: float = 1e-2,
         weight_mask: WeightMask | None = None, ema_decay: float | None = None, log_every: int = 50,
         monitor: Callable[[torch.Tensor], dict] | None = None,
         progress: Callable[[int, dict], None] | None = None, compile: bool = False,
-        amp: bool = False) -> FitResult:
+        amp: bool = False, cuda_graph: bool = False) -> FitResult:
     """Fit ``gen`` to minimise ``loss_fn(gen())`` with Adam (in place).
 
     Args:
@@ -118,45 +125,40 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         compile: run the generator through ``torch.compile`` (first steps pay the compilation).
         amp: bf16 autocast for the generator (output cast to fp32: FFTs and loss stay fp32);
             meant for CUDA.
+        cuda_graph: replay the step as a CUDA graph (:mod:`oes_mri.solvers.loop`; CUDA only).
 
     Raises:
         FitDiverged: a NaN/Inf loss (the caller retries with a smaller learning rate).
     """
+    device = next(gen.parameters()).device
+    graph = use_cuda_graph(cuda_graph, device, compile)
     handles = weight_mask.apply_(gen) if weight_mask is not None else []
     gen.train()
     forward = generator_forward(gen, compile, amp)
-    opt = adam(gen.parameters(), lr)
-    device = next(gen.parameters()).device
-    losses = torch.zeros(steps, device=device)
-    best_loss = torch.tensor(float("inf"), device=device)
-    best = ema = None
-    logs: list[dict] = []
+    opt = adam(gen.parameters(), lr, capturable=graph)
+    record, logs = Record(steps, ema_decay), []
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        out = forward()
+        loss = loss_fn(out)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if weight_mask is not None:
+            weight_mask.reapply_(gen)
+        return out.detach(), loss.detach()
+
+    def on_log(i: int, out: torch.Tensor, loss: torch.Tensor) -> None:
+        info = {"loss": check_finite(loss, i)[0], **(monitor(out) if monitor is not None else {})}
+        if monitor is not None:
+            logs.append({"step": i, **info})
+        if progress is not None:
+            progress(i, info)
+
     try:
-        for step in range(steps):
-            out = forward()
-            loss = loss_fn(out)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if weight_mask is not None:
-                weight_mask.reapply_(gen)
-            out = out.detach()
-            losses[step] = loss.detach()
-            better = loss.detach() < best_loss
-            best = out if best is None else torch.where(better, out, best)
-            best_loss = torch.minimum(best_loss, loss.detach())
-            if ema_decay is not None:
-                ema = out if ema is None else ema_decay * ema + (1 - ema_decay) * out
-            if (step + 1) % log_every == 0 or step + 1 == steps:
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise FitDiverged(f"loss became {value} at step {step + 1}")
-                info = {"loss": value, **(monitor(out) if monitor is not None else {})}
-                if monitor is not None:
-                    logs.append({"step": step + 1, **info})
-                if progress is not None:
-                    progress(step + 1, info)
+        out, _ = run_steps(step, steps, record, log_every, on_log, graph)
     finally:
         for h in handles:
             h.remove()
-    return FitResult(out, best, float(best_loss), ema, losses.tolist(), logs)
+    ema = record.ema.clone() if record.ema is not None else None
+    return FitResult(out, record.best.clone(), float(record.best_loss), ema, record.losses.tolist(), logs)

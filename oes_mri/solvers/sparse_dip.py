@@ -44,6 +44,8 @@ class DipConfig:
         steps: fitting steps.
         lr: Adam learning rate of the fit; mask_lr: of the OES logits.
         tau, kl_weight: OES temperature and KL weight.
+        oes_init: OES starting logits, "zero" (published) or "magnitude" (see
+            :func:`oes_mri.pruning.oes.initial_logits`).
         scope, min_layer_density: which weights are prunable, per-tensor density floor.
         seed: weight init, input noise and Gumbel noise.
         sensitivity_free: fit coil images through ``CoilOp`` instead of one image through ``SenseOp``.
@@ -55,17 +57,19 @@ class DipConfig:
         retries: on divergence, retries from a fresh init at half the learning rate.
         compile: ``torch.compile`` the generator for the fit.
         amp: bf16 autocast for the generator in the fit (CUDA; FFT and data term in fp32).
+        cuda_graph: replay each fit step as a CUDA graph (CUDA only; not with ``compile``).
     """
 
     pruning: str = "oes"
     arch: ArchConfig = dataclasses.field(default_factory=ArchConfig)
     density: float = 0.05
     mask_steps: int = 100
-    steps: int = 450
+    steps: int = 300
     lr: float = 1e-2
     mask_lr: float = 1e-2
     tau: float = 0.2
     kl_weight: float = 1e-9
+    oes_init: str = "zero"
     scope: str = "conv"
     min_layer_density: float = 0.01
     seed: int = 0
@@ -78,6 +82,7 @@ class DipConfig:
     retries: int = 2
     compile: bool = False
     amp: bool = False
+    cuda_graph: bool = False
 
 
 @dataclasses.dataclass
@@ -102,7 +107,7 @@ def _make_mask(cfg: DipConfig, gen, problem, meta: dict) -> tuple[WeightMask | N
         return None, []
     if cfg.pruning == "oes":
         return oes_mask(gen, problem.loss, cfg.density, cfg.mask_steps, cfg.scope, cfg.min_layer_density,
-                        cfg.tau, cfg.kl_weight, cfg.mask_lr, cfg.seed, meta)
+                        cfg.tau, cfg.kl_weight, cfg.mask_lr, cfg.seed, meta, cfg.oes_init)
     if cfg.pruning == "imp":
         train = lambda g, m: fit(g, problem.loss, cfg.mask_steps, cfg.lr, m, log_every=cfg.mask_steps)  # noqa: E731
         return imp_mask(gen, cfg.density, train, cfg.imp_rounds, cfg.scope, cfg.min_layer_density, meta), []
@@ -190,7 +195,8 @@ def reconstruct_dip(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor
         try:
             res = fit(st.gen, st.problem.loss, cfg.steps, lr, st.weight_mask,
                       cfg.ema_decay if cfg.output == "ema" else None, cfg.log_every,
-                      _monitor(st.problem, kspace, mask, target, recon_size), progress, cfg.compile, cfg.amp)
+                      _monitor(st.problem, kspace, mask, target, recon_size), progress, cfg.compile, cfg.amp,
+                      cfg.cuda_graph)
             return _output(cfg, st, res, lr, time.perf_counter() - t1)
         except FitDiverged as err:
             if attempt == cfg.retries:
@@ -234,7 +240,7 @@ def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_ma
         results = fit_batched([st.gen for st in sts], [st.problem.loss for st in sts], cfg.steps, cfg.lr,
                               [st.weight_mask for st in sts], cfg.log_every,
                               [_monitor(st.problem, x.kspace, x.mask, x.target, x.recon_size)
-                               for st, x in zip(sts, xs)], progress)
+                               for st, x in zip(sts, xs)], progress, cfg.cuda_graph)
     except FitDiverged as err:
         log.warning("batch %s: %s; fitting its slices one at a time", slices[0].source, err)
         return one_at_a_time()

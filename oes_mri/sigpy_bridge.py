@@ -1,0 +1,53 @@
+"""Run a sigpy app where the torch tensors live: on their CUDA device through CuPy when
+sigpy can use it there, else on the CPU (NumPy).
+
+sigpy (ESPIRiT, L1-wavelet, TV) takes NumPy arrays on the CPU and CuPy arrays on a GPU.
+CuPy is optional (``pip install cupy-cuda12x``); without it, or when it fails on the
+device (driver, NVRTC), the app runs on the CPU after one logged warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+import numpy as np
+import torch
+
+log = logging.getLogger("oes_mri")
+
+
+def sigpy_device(device: torch.device):
+    """The ``sigpy.Device`` of a CUDA ``device`` when sigpy has CuPy, else None (CPU)."""
+    if device.type != "cuda":
+        return None
+    import sigpy
+
+    if not sigpy.config.cupy_enabled:
+        return None
+    return sigpy.Device(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def run_app(make_app: Callable[..., object], arrays: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """``make_app(**arrays as NumPy/CuPy, device=sigpy device).run()`` as a complex64 tensor on ``device``.
+
+    Args:
+        make_app: builds the sigpy App from keyword arrays and ``device``.
+        arrays: tensors handed to the app (moved to the app's device, ``complex64``/``float32`` kept).
+        device: where the tensors live and the result goes.
+    """
+    gpu = sigpy_device(device)
+    if gpu is not None:
+        try:
+            import cupy
+
+            with cupy.cuda.Device(gpu.id):
+                app = make_app(**{k: cupy.asarray(v.detach().contiguous()) for k, v in arrays.items()}, device=gpu)
+                return torch.as_tensor(app.run(), device=device).to(torch.complex64)
+        except Exception as err:         # CuPy present but unusable here: the CPU still works
+            log.warning("sigpy on %s failed (%s: %s); running it on the CPU", device, type(err).__name__,
+                        (str(err).splitlines() or [""])[0][:120])
+    import sigpy
+
+    app = make_app(**{k: v.detach().cpu().numpy() for k, v in arrays.items()}, device=sigpy.cpu_device)
+    return torch.from_numpy(np.asarray(app.run()).astype(np.complex64)).to(device)
