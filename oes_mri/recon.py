@@ -134,7 +134,10 @@ def make_config(args: argparse.Namespace):
     from oes_mri.data.sample import sample_path
     from oes_mri.methods import MethodSettings, parse_methods
     from oes_mri.nets.generator import ArchConfig
+    import torch
+
     from oes_mri.pipeline import RunConfig
+    from oes_mri.solvers.dip import use_cuda_graph
     from oes_mri.solvers.sparse_dip import DipConfig
 
     if not args.accel >= 1:
@@ -162,8 +165,10 @@ def make_config(args: argparse.Namespace):
     device = resolve_device(args.device, remote=args.ray not in (None, "local"))
     steps = args.steps if args.steps is not None else default_steps(device)
     graph = args.cuda_graph if args.cuda_graph is not None else device.startswith("cuda") and not args.compile
-    if graph and (not device.startswith("cuda") or args.compile):
-        raise InputError(None, "--cuda-graph needs a CUDA --device and no --compile")
+    try:
+        use_cuda_graph(graph, torch.device(device), args.compile)
+    except ValueError as err:
+        raise InputError(None, f"--cuda-graph: {err}")
     dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, lr=args.lr, seed=args.dip_seed,
                     output=args.output_iterate, compile=args.compile, amp=args.amp, steps=steps,
                     cuda_graph=graph, oes_init=args.oes_init)

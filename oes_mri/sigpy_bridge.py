@@ -3,7 +3,7 @@ sigpy can use it there, else on the CPU (NumPy).
 
 sigpy (ESPIRiT, L1-wavelet, TV) takes NumPy arrays on the CPU and CuPy arrays on a GPU.
 CuPy is optional (``pip install cupy-cuda12x``); without it, or when it fails on the
-device (driver, NVRTC), the app runs on the CPU after one logged warning.
+device (driver, NVRTC), the app runs on the CPU with a logged warning.
 """
 
 from __future__ import annotations

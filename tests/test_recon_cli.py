@@ -115,7 +115,7 @@ def test_resume_after_kill_gives_identical_outputs(two_volumes, tmp_path):
     (["--density", "1.5"], "--density"),
     (["--device", "cuda"], "CUDA is not available"),
     (["--weight-mask", "/nonexistent/m.safetensors"], "not found"),
-    (["--cuda-graph", "--device", "cpu"], "--cuda-graph needs a CUDA"),
+    (["--cuda-graph", "--device", "cpu"], "--cuda-graph: cuda_graph needs a CUDA device"),
 ])
 def test_bad_options_exit_2_one_line(tiny_file, tmp_path, capsys, extra, match):
     import torch
