@@ -60,7 +60,7 @@ def ablation(variant: str) -> dict:
     name, _, value = variant.partition("=")
     fields = {f.name: f for f in dataclasses.fields(DipConfig)}
     if name not in fields or not value or fields[name].type not in ("int", "float", "str", "bool"):
-        raise SystemExit(f"--ablations: {variant!r} is not field=value for a DipConfig number/string/bool field")
+        raise SystemExit(f"--ablations/--set: {variant!r} is not field=value for a DipConfig number/string/bool field")
     kind = fields[name].type
     return {name: value == "True" if kind == "bool" else {"int": int, "float": float, "str": str}[kind](value)}
 

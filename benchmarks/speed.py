@@ -13,7 +13,8 @@ OES hourglass (3.0M parameters), interleaved repeats, median seconds per step:
 - OES step: :func:`oes_mri.pruning.oes.learn_oes_logits` (functional masks, no copies);
 - reference OES step: the published code's way (deep copy of the network every step, relaxed
   masks multiplied into the copy's weights in place);
-- optional ``torch.compile`` and bf16 autocast of the fit step;
+- the fit step with channels_last weights and input; optional ``torch.compile`` and bf16
+  autocast of the fit step; on CUDA, the fit step replayed as a CUDA graph;
 - batched fitting: slices per second fitting B slices at once vs one at a time;
 - FLOPs per step (``torch.utils.flop_counter``) and achieved FLOP/s;
 - scaling with image size and coil count (seconds per dense step, peak memory: CPU RSS of a
@@ -117,6 +118,7 @@ def measure_steps(args, device: torch.device) -> dict:
     names = prunable_names(gen, "conv")
     wm = WeightMask(topk_masks({n: torch.rand_like(p) for n, p in gen.named_parameters() if n in names}, 0.05, 0.01))
     gens = {k: copy.deepcopy(gen) for k in ("dense", "sparse", "oes", "ref", "compile", "amp", "graph", "sgraph")}
+    gens["cl"] = copy.deepcopy(gen).to(memory_format=torch.channels_last)      # weights and input noise
     runs = {
         "floor: generator forward+backward": floor_step(gens["dense"]),
         "dense fit step (ours)": lambda n: fit(gens["dense"], problem.loss, n, log_every=10**9),
@@ -125,6 +127,7 @@ def measure_steps(args, device: torch.device) -> dict:
         "OES mask-learning step (ours, functional)": lambda n: learn_oes_logits(gens["oes"], problem.loss, names,
                                                                                  0.05, n),
         "OES step, reference (deep copy per step)": reference_oes(gens["ref"], problem.loss, names),
+        "dense fit step, channels_last": lambda n: fit(gens["cl"], problem.loss, n, log_every=10**9),
     }
     if args.compile:
         runs["dense fit step, torch.compile"] = lambda n: fit(gens["compile"], problem.loss, n, log_every=10**9,
@@ -294,6 +297,7 @@ def report(args, argv, res: dict, device: torch.device) -> str:
                "OES step, reference (deep copy per step)": (oes, "our OES step", ">= 2"),
                "sparse fit step, 5 % mask (ours)": (dense, "dense step", ""),
                "dense fit step, torch.compile": (dense, "dense step", "< 1"),
+               "dense fit step, channels_last": (dense, "dense step", "< 1"),
                "dense fit step, bf16 autocast": (dense, "dense step", "< 1")}
     for k, v in s.items():
         ref_v, ref_name, tgt = targets.get(k, (None, "", ""))
