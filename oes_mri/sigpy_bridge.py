@@ -2,8 +2,9 @@
 sigpy can use it there, else on the CPU (NumPy).
 
 sigpy (ESPIRiT, L1-wavelet, TV) takes NumPy arrays on the CPU and CuPy arrays on a GPU.
-CuPy is optional (``pip install cupy-cuda12x``); without it, or when it fails on the
-device (driver, NVRTC), the app runs on the CPU with a logged warning.
+CuPy is optional (``pip install 'oes-mri[gpu]'``, or ``cupy-cuda12x`` for CUDA 12); without
+it the app runs on the CPU, and when CuPy fails on the device (driver, NVRTC) it runs there
+after a logged warning.
 """
 
 from __future__ import annotations

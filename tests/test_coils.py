@@ -61,3 +61,23 @@ def test_map_cache(tiny_file, tmp_path):
     a = cache.get_or_compute(key, compute)
     b = cache.get_or_compute(key, compute)
     assert len(calls) == 1 and torch.equal(a.maps, b.maps) and a.method == b.method
+
+
+def test_sigpy_app_falls_back_to_cpu_when_the_gpu_path_fails(monkeypatch, caplog):
+    """Where sigpy would run on a GPU but CuPy fails (here: not installed), the app runs on
+    the CPU with one warning and gives the CPU result."""
+    import types
+
+    from oes_mri import sample_path, sigpy_bridge
+    from oes_mri.physics.coils import espirit_maps
+
+    k = load_volume(sample_path()).kspace[0]
+    m = fastmri_mask(k.shape[-2:], 4, seed=volume_seed("sample"))
+    y = k * m.mask
+    cpu = espirit_maps(y, 24)
+    monkeypatch.setattr(sigpy_bridge, "sigpy_device", lambda device: types.SimpleNamespace(id=0))
+    monkeypatch.setitem(__import__("sys").modules, "cupy", None)          # import cupy fails
+    with caplog.at_level(logging.WARNING, logger="oes_mri"):
+        again = espirit_maps(y, 24)
+    assert torch.equal(cpu, again)
+    assert len([r for r in caplog.records if "running it on the CPU" in r.getMessage()]) == 1
