@@ -21,7 +21,7 @@ from pathlib import Path
 
 from oes_mri.errors import InputError
 from oes_mri.pipeline import Progress
-from oes_mri.pruning.oes import LOGIT_INITS
+from oes_mri.pruning.oes import ESTIMATORS, LOGIT_INITS
 
 log = logging.getLogger("oes_mri")
 
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--density", type=float, default=0.05, help="kept fraction of prunable weights (default 0.05)")
     g.add_argument("--oes-init", choices=LOGIT_INITS, default="zero",
                    help="OES starting logits: zero (published), density, magnitude, density+magnitude")
+    g.add_argument("--oes-estimator", choices=ESTIMATORS, default="relaxed",
+                   help="mask in each OES step: relaxed Bernoulli (published) or the top-k subnetwork "
+                   "with straight-through gradients")
     g.add_argument("--mask-steps", type=int, default=None, help="OES mask-learning steps (default 100)")
     g.add_argument("--steps", type=int, default=None,
                    help="fitting steps (default 300 on the CPU, 3000 on CUDA)")
@@ -171,7 +174,7 @@ def make_config(args: argparse.Namespace):
         raise InputError(None, f"--cuda-graph: {err}")
     dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, lr=args.lr, seed=args.dip_seed,
                     output=args.output_iterate, compile=args.compile, amp=args.amp, steps=steps,
-                    cuda_graph=graph, oes_init=args.oes_init)
+                    cuda_graph=graph, oes_init=args.oes_init, oes_estimator=args.oes_estimator)
     if args.mask_steps is not None:
         dip = dataclasses.replace(dip, mask_steps=args.mask_steps)
     return RunConfig(data=args.data or sample_path(), out=args.out, methods=methods, accel=args.accel,

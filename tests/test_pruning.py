@@ -200,3 +200,22 @@ def test_oes_logit_inits():
     assert any(not torch.allclose(logits[n], dens[n]) for n in names)      # learning starts from there
     with pytest.raises(ValueError, match="logit init"):
         initial_logits(params, names, 0.05, "ones")
+
+
+def test_topk_estimator_uses_the_subnetwork_and_learns():
+    from oes_mri.pruning.oes import sampled_mask
+
+    gen = _gen()
+    names = prunable_names(gen, "conv")
+    logits = {n: torch.zeros_like(p, requires_grad=True) for n, p in gen.named_parameters() if n in names}
+    m = sampled_mask(logits, 0.2, torch.Generator().manual_seed(0), "topk", 0.1, 0.0)
+    total = sum(p.numel() for p in logits.values())
+    assert sum(int((v.detach() == 1).sum()) for v in m.values()) == round(0.1 * total)   # forward: exact top-k
+    assert all(torch.all((v.detach() == 0) | (v.detach() == 1)) for v in m.values())
+    sum((v * torch.randn_like(v)).sum() for v in m.values()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in logits.values())       # straight through
+    a, _ = learn_oes_logits(gen, _loss, names, 0.1, 5, estimator="topk", seed=3)
+    b, _ = learn_oes_logits(gen, _loss, names, 0.1, 5, estimator="topk", seed=3)
+    assert all(torch.equal(a[n], b[n]) for n in names) and any(a[n].abs().sum() > 0 for n in names)
+    with pytest.raises(ValueError, match="estimator"):
+        sampled_mask(logits, 0.2, None, "hard", 0.1, 0.0)

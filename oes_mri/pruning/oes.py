@@ -80,9 +80,37 @@ def initial_logits(params: dict[str, torch.Tensor], names: list[str], density: f
     return out
 
 
+ESTIMATORS = ("relaxed", "topk")
+
+
+def sampled_mask(logits: dict[str, torch.Tensor], tau: float, generator: torch.Generator | None,
+                 estimator: str, density: float, min_layer_density: float) -> dict[str, torch.Tensor]:
+    """The mask multiplied into the weights during one mask-learning step.
+
+    ``"relaxed"`` (published): a binary-concrete sample per weight (:func:`relaxed_mask`).
+    ``"topk"``: the forward pass uses the pruned subnetwork itself, the global top-k (at
+    ``density``, with the per-tensor floor) of the logits plus logistic noise, and the
+    gradient reaches the logits straight through ``sigmoid(p)``:
+    ``m = topk + sigmoid(p) - sigmoid(p).detach()``.
+    """
+    if estimator == "relaxed":
+        return {n: relaxed_mask(p, tau, generator) for n, p in logits.items()}
+    if estimator != "topk":
+        raise ValueError(f"OES estimator {estimator!r}: expected one of {', '.join(ESTIMATORS)}")
+    noisy = {n: p.detach() + torch.logit(torch.rand(p.shape, device=p.device, generator=generator), eps=1e-6)
+             for n, p in logits.items()}
+    hard = topk_masks(noisy, density, min_layer_density)
+    out = {}
+    for n, p in logits.items():
+        q = torch.sigmoid(p)
+        out[n] = hard[n].to(q.dtype) + q - q.detach()
+    return out
+
+
 def learn_oes_logits(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], names: list[str],
                      density: float, steps: int, tau: float = 0.2, kl_weight: float = 1e-9,
-                     lr: float = 1e-2, seed: int = 0, init: str = "zero") -> tuple[dict[str, torch.Tensor], list[float]]:
+                     lr: float = 1e-2, seed: int = 0, init: str = "zero", estimator: str = "relaxed",
+                     min_layer_density: float = 0.0) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Run OES mask learning; returns the logits by name and the loss every step.
 
     Args:
@@ -93,6 +121,7 @@ def learn_oes_logits(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Ten
         steps: Adam steps on the logits.
         seed: seeds the Gumbel noise.
         init: starting logits (:func:`initial_logits`).
+        estimator, min_layer_density: the mask used in each step (:func:`sampled_mask`).
     """
     params = {n: p.detach() for n, p in gen.named_parameters()}
     logits = {n: p.requires_grad_() for n, p in initial_logits(params, names, density, init).items()}
@@ -100,7 +129,8 @@ def learn_oes_logits(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Ten
     rng = torch.Generator(device=next(iter(params.values())).device).manual_seed(int(seed))
     losses = torch.zeros(steps, device=next(iter(params.values())).device)
     for step in range(steps):
-        masked = {n: params[n] * relaxed_mask(logits[n], tau, rng) for n in names}
+        m = sampled_mask(logits, tau, rng, estimator, density, min_layer_density)
+        masked = {n: params[n] * m[n] for n in names}
         out = functional_call(gen, {**params, **masked}, ())
         data = loss_fn(out)
         opt.zero_grad(set_to_none=True)
@@ -139,7 +169,8 @@ def check_pruned(gen: nn.Module, mask: WeightMask) -> None:
 def oes_mask(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], density: float = 0.05,
              steps: int = 300, scope: str = "conv", min_layer_density: float = 0.0, tau: float = 0.2,
              kl_weight: float = 1e-9, lr: float = 1e-2, seed: int = 0,
-             meta: dict | None = None, init: str = "zero") -> tuple[WeightMask, list[float]]:
+             meta: dict | None = None, init: str = "zero",
+             estimator: str = "relaxed") -> tuple[WeightMask, list[float]]:
     """Learn logits (:func:`learn_oes_logits`), threshold by global top-k, check, return.
 
     Returns:
@@ -147,10 +178,11 @@ def oes_mask(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], de
         and the data loss of every mask-learning step.
     """
     names = prunable_names(gen, scope)
-    logits, losses = learn_oes_logits(gen, loss_fn, names, density, steps, tau, kl_weight, lr, seed, init)
+    logits, losses = learn_oes_logits(gen, loss_fn, names, density, steps, tau, kl_weight, lr, seed, init,
+                                      estimator, min_layer_density)
     mask = WeightMask(topk_masks(logits, density, min_layer_density), {
         **(meta or {}), "method": "oes", "density": density, "mask_steps": steps, "tau": tau,
         "kl_weight": kl_weight, "mask_lr": lr, "scope": scope,
-        "min_layer_density": min_layer_density, "mask_seed": seed, "logit_init": init})
+        "min_layer_density": min_layer_density, "mask_seed": seed, "logit_init": init, "estimator": estimator})
     check_pruned(gen, mask)
     return mask, losses

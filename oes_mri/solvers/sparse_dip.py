@@ -44,8 +44,10 @@ class DipConfig:
         steps: fitting steps.
         lr: Adam learning rate of the fit; mask_lr: of the OES logits.
         tau, kl_weight: OES temperature and KL weight.
-        oes_init: OES starting logits, "zero" (published) or "magnitude" (see
-            :func:`oes_mri.pruning.oes.initial_logits`).
+        oes_init: OES starting logits, "zero" (published), "density", "magnitude" or
+            "density+magnitude" (see :func:`oes_mri.pruning.oes.initial_logits`).
+        oes_estimator: the mask in each OES step, "relaxed" (published) or "topk" (the pruned
+            subnetwork, straight-through; :func:`oes_mri.pruning.oes.sampled_mask`).
         scope, min_layer_density: which weights are prunable, per-tensor density floor.
         seed: weight init, input noise and Gumbel noise.
         sensitivity_free: fit coil images through ``CoilOp`` instead of one image through ``SenseOp``.
@@ -70,6 +72,7 @@ class DipConfig:
     tau: float = 0.2
     kl_weight: float = 1e-9
     oes_init: str = "zero"
+    oes_estimator: str = "relaxed"
     scope: str = "conv"
     min_layer_density: float = 0.01
     seed: int = 0
@@ -107,7 +110,7 @@ def _make_mask(cfg: DipConfig, gen, problem, meta: dict) -> tuple[WeightMask | N
         return None, []
     if cfg.pruning == "oes":
         return oes_mask(gen, problem.loss, cfg.density, cfg.mask_steps, cfg.scope, cfg.min_layer_density,
-                        cfg.tau, cfg.kl_weight, cfg.mask_lr, cfg.seed, meta, cfg.oes_init)
+                        cfg.tau, cfg.kl_weight, cfg.mask_lr, cfg.seed, meta, cfg.oes_init, cfg.oes_estimator)
     if cfg.pruning == "imp":
         train = lambda g, m: fit(g, problem.loss, cfg.mask_steps, cfg.lr, m, log_every=cfg.mask_steps)  # noqa: E731
         return imp_mask(gen, cfg.density, train, cfg.imp_rounds, cfg.scope, cfg.min_layer_density, meta), []
