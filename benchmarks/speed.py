@@ -117,7 +117,7 @@ def measure_steps(args, device: torch.device) -> dict:
     gen, problem = synthetic_problem(tuple(args.shape), args.coils, device)
     names = prunable_names(gen, "conv")
     wm = WeightMask(topk_masks({n: torch.rand_like(p) for n, p in gen.named_parameters() if n in names}, 0.05, 0.01))
-    gens = {k: copy.deepcopy(gen) for k in ("dense", "sparse", "oes", "ref", "compile", "amp", "graph", "sgraph")}
+    gens = {k: copy.deepcopy(gen) for k in ("dense", "sparse", "oes", "ref", "compile", "amp")}
     gens["cl"] = copy.deepcopy(gen).to(memory_format=torch.channels_last)      # weights and input noise
     runs = {
         "floor: generator forward+backward": floor_step(gens["dense"]),
@@ -135,6 +135,7 @@ def measure_steps(args, device: torch.device) -> dict:
     if args.amp:
         runs["dense fit step, bf16 autocast"] = lambda n: fit(gens["amp"], problem.loss, n, log_every=10**9, amp=True)
     if device.type == "cuda":
+        gens.update(graph=copy.deepcopy(gen), sgraph=copy.deepcopy(gen))
         runs["dense fit step, CUDA graph"] = lambda n: fit(gens["graph"], problem.loss, n, log_every=10**9,
                                                            cuda_graph=True)
         runs["sparse fit step, 5 % mask, CUDA graph"] = lambda n: fit(gens["sgraph"], problem.loss, n, weight_mask=wm,

@@ -37,10 +37,15 @@ def bernoulli_kl(q: torch.Tensor, density: float) -> torch.Tensor:
     return (q * torch.log(q / density) + (1 - q) * torch.log((1 - q) / (1 - density))).sum()
 
 
+def logistic_noise(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """``log u - log(1 - u)``, ``u ~ U(0, 1)`` clamped to ``[1e-6, 1 - 1e-6]``, shaped like ``like``."""
+    u = torch.rand(like.shape, device=like.device, generator=generator)
+    return torch.logit(u, eps=1e-6)
+
+
 def relaxed_mask(logits: torch.Tensor, tau: float, generator: torch.Generator | None) -> torch.Tensor:
-    """One binary-concrete sample ``sigmoid((p + log u - log(1-u)) / tau)``, ``u`` clamped to ``[1e-6, 1 - 1e-6]``."""
-    u = torch.rand(logits.shape, device=logits.device, generator=generator)
-    return torch.sigmoid((logits + torch.logit(u, eps=1e-6)) / tau)
+    """One binary-concrete sample ``sigmoid((p + logistic noise) / tau)``."""
+    return torch.sigmoid((logits + logistic_noise(logits, generator)) / tau)
 
 
 @torch.no_grad()
@@ -97,8 +102,7 @@ def sampled_mask(logits: dict[str, torch.Tensor], tau: float, generator: torch.G
         return {n: relaxed_mask(p, tau, generator) for n, p in logits.items()}
     if estimator != "topk":
         raise ValueError(f"OES estimator {estimator!r}: expected one of {', '.join(ESTIMATORS)}")
-    noisy = {n: p.detach() + torch.logit(torch.rand(p.shape, device=p.device, generator=generator), eps=1e-6)
-             for n, p in logits.items()}
+    noisy = {n: p.detach() + logistic_noise(p, generator) for n, p in logits.items()}
     hard = topk_masks(noisy, density, min_layer_density)
     out = {}
     for n, p in logits.items():

@@ -77,26 +77,26 @@ def run_steps(step: Step, steps: int, record: Record, log_every: int,
         cuda_graph: capture the step into a CUDA graph after :data:`WARMUP` eager steps and
             replay it (the step's tensors must live on one CUDA device).
     """
-    out = loss = None
+    def once() -> tuple[torch.Tensor, torch.Tensor]:
+        out, loss = step()
+        record.update(out, loss)
+        return out, loss
+
     graph, eager = None, steps if not cuda_graph else min(WARMUP, steps)
     side = torch.cuda.Stream() if cuda_graph else None
     for i in range(steps):
-        if i < eager:
-            if side is not None:
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    out, loss = step()
-                    record.update(out, loss)
-                torch.cuda.current_stream().wait_stream(side)
-            else:
-                out, loss = step()
-                record.update(out, loss)
+        if i < eager and side is None:
+            out, loss = once()
+        elif i < eager:                                  # warm-up before capture: on a side stream
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                out, loss = once()
+            torch.cuda.current_stream().wait_stream(side)
         else:
             if graph is None:
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
-                    out, loss = step()
-                    record.update(out, loss)
+                    out, loss = once()
             graph.replay()
         if (i + 1) % log_every == 0 or i + 1 == steps:
             on_log(i + 1, out, loss)
