@@ -2,7 +2,7 @@
 # GPU measurements (issue 5, "GPU numbers"), as prepared scripts with a time budget. Run from
 # the repository root on a CUDA machine with oes-mri's dependencies:
 #
-#     OUT=benchmarks/results/gpu BRAIN=../shared/data/brain_t1_8coil.h5 bash benchmarks/gpu.sh 1   # or 2
+#     OUT=benchmarks/results/gpu BRAIN=../shared/data/brain_t1_8coil.h5 bash benchmarks/gpu.sh 1   # or 2, 3
 #
 # Part 1 (eager fit steps):
 # 1. benchmarks/speed.py at fastMRI knee size (15 coils, 640x368), alone on the GPU: dense,
@@ -22,6 +22,12 @@
 # 3. side by side: the knee-size volume again (CUDA graphs), and on the brain at 4x, 3000 fit
 #    steps: the method table and mask_steps=1000 at two more seeds (seed spread), and 9000-step
 #    curves of magnitude pruning and of OES with 1000 mask-learning steps.
+# Part 3 (the ERK layer split, the default since part 2; nothing here ran on a GPU yet):
+# 1. the CUDA tests again (rewritten after part 2);
+# 2. side by side, on the brain at 4x, 3000 fit steps: OES, random and magnitude under the
+#    ERK split at seeds 0-2, OES with 1000 mask-learning steps and OES from logits at each
+#    layer's ERK density (--oes-init density) at the same seeds, and 9000-step curves of OES
+#    and magnitude under ERK (overfitting: last iterate against peak).
 # Every part has a time cap inside BUDGET seconds; finished rows are kept when a cap hits.
 # Results and logs are written under $OUT; with TAR=file.tar.gz they are also packed into one
 # file (without caches, masks and reconstructions). PY names the Python (default python).
@@ -110,10 +116,24 @@ part2() {
     wait
 }
 
+part3() {
+    run tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_fit.py -k cuda
+    for seed in 0 1 2; do
+        run q_erk_seed$seed 300 $Q --experiments table,ablation --table-methods oes,random,magnitude \
+            --ablations mask_steps=$MASK oes_init=density --set seed=$seed --out "$OUT/q_erk_seed$seed" &
+    done
+    for m in oes magnitude; do
+        run q_erk_curve_$m 300 $Q --experiments curves --curve-methods $m --curve-steps $LONG \
+            --out "$OUT/q_erk_curve_$m" &
+    done
+    wait
+}
+
 case "${1:-}" in
     1) part1 ;;
     2) part2 ;;
-    *) echo "usage: bash benchmarks/gpu.sh 1|2"; exit 2 ;;
+    3) part3 ;;
+    *) echo "usage: bash benchmarks/gpu.sh 1|2|3"; exit 2 ;;
 esac
 echo "[$(($(date +%s) - start)) s] done"
 if [ -n "${TAR:-}" ]; then

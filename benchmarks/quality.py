@@ -79,7 +79,7 @@ def default_files() -> list[Path]:
     return [sample_path()] + ([brain] if brain.exists() else [])
 
 
-def prepare(path: Path, accel: float, device: torch.device) -> Case:
+def prepare(path: Path, accel: float, device: torch.device = torch.device("cpu")) -> Case:
     """The middle slice of ``path`` under the CLI's default fastMRI random mask, on ``device``."""
     info = read_info(path)
     smask = volume_sampling_mask(info, RunConfig(data=path, out=Path("."), methods=[], accel=accel))
@@ -215,7 +215,10 @@ def fmt(v, spec: str) -> str:
 
 
 def table_md(rows: list[dict], experiment: str) -> str:
-    sel = sorted((r for r in rows if r["experiment"] == experiment), key=lambda r: (r["data"], r["accel"]))
+    order = ["zf", "sense", "l1", "tv", "dip", "oes", "random", "magnitude", "snip", "imp"]
+    rank = lambda r: (r["data"], r["accel"], order.index(r["method"]) if r["method"] in order else len(order),  # noqa: E731
+                      r["variant"] != "default")                      # then run order
+    sel = sorted((r for r in rows if r["experiment"] == experiment), key=rank)
     out = ["| data | accel | method | variant | PSNR | SSIM | NMSE | PSNR last | SSIM last | peak PSNR (step) | "
            "peak SSIM (step) | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in sel:
@@ -257,12 +260,19 @@ def plots(rows: list[dict], out: Path) -> list[str]:
         fig.savefig(out / "quality_curves.png", dpi=100)
         plt.close(fig)
         made.append("quality_curves.png")
-    dens = sorted((float(r["variant"].split("=")[1]), r) for r in rows if r["experiment"] == "density")
-    if dens:
+    groups: dict[str, list[tuple[float, dict]]] = {}          # one line per setting ("density=d rest")
+    for r in rows:
+        if r["experiment"] == "density":
+            first, _, rest = r["variant"].partition(" ")
+            groups.setdefault(rest, []).append((float(first.split("=")[1]), r))
+    if groups:
         fig, ax = plt.subplots(figsize=(5, 3.5))
-        d = [x for x, _ in dens]
-        ax.semilogx(d, [r["psnr"] for _, r in dens], "o-", label="best iterate")
-        ax.semilogx(d, [r["psnr_last"] for _, r in dens], "s--", label="last iterate")
+        for rest, dens in sorted(groups.items()):
+            dens.sort(key=lambda x: x[0])
+            d = [x for x, _ in dens]
+            line = ax.semilogx(d, [r["psnr"] for _, r in dens], "o-", label=f"best iterate {rest}".strip())
+            ax.semilogx(d, [r["psnr_last"] for _, r in dens], "s--", c=line[0].get_color(),
+                        label=f"last iterate {rest}".strip())
         ax.set(xlabel="density", ylabel="PSNR (dB)", title=f"OES density sweep, {dens[0][1]['data']}")
         ax.legend()
         fig.tight_layout()
@@ -293,9 +303,12 @@ def write_results(rows: Rows, out: Path, argv: list[str], seconds: float) -> Non
           "lowest-data-loss iterate (the default output), of the last iterate, and the oracle peak PSNR over "
           "the run (uses the target; reference only). Seconds: wall time per slice of a 1-thread process, on a machine "
           "that may run other parts at the same time (parts run as separate processes): rough; "
-          "`speed.md` has side-by-side timings.\n"]
+          "`speed.md` has side-by-side timings.\n",
+          "Pruned rows (oes, random, magnitude, snip) use `DipConfig`'s default ERK layer split unless the "
+          "variant says `allocation=...`; `allocation=global` is the published global top-k (and the split "
+          "of every row made before ERK became the default).\n"]
     for exp, title in (("table", "Methods"), ("density", "OES density sweep"), ("curves", "Long runs"),
-                       ("transfer", "Mask transfer"), ("ablation", "What moves Sparse-DIP (OES 5 %, one change each)")):
+                       ("transfer", "Mask transfer"), ("ablation", "What moves Sparse-DIP (5 %, one change each)")):
         if any(r["experiment"] == exp for r in allrows):
             md += [f"## {title}\n", table_md(allrows, exp), ""]
     md += [f"![{f}]({f})" for f in figs]

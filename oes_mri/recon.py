@@ -21,6 +21,7 @@ from pathlib import Path
 
 from oes_mri.errors import InputError
 from oes_mri.pipeline import Progress
+from oes_mri.pruning.allocation import ALLOCATIONS
 from oes_mri.pruning.oes import ESTIMATORS, LOGIT_INITS
 
 log = logging.getLogger("oes_mri")
@@ -47,6 +48,7 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     from oes_mri.methods import DEFAULT_METHODS, METHODS
     from oes_mri.nets.generator import ARCHS
+    from oes_mri.solvers.sparse_dip import DipConfig
 
     p = argparse.ArgumentParser(prog="python -m oes_mri.recon", description=__doc__.split("\n\n")[1],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,11 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list of {', '.join(METHODS)}, or 'all' (default {','.join(DEFAULT_METHODS)})")
     g = p.add_argument_group("Sparse-DIP (oes) and DIP")
     g.add_argument("--density", type=float, default=0.05, help="kept fraction of prunable weights (default 0.05)")
-    g.add_argument("--oes-init", choices=LOGIT_INITS, default="zero",
-                   help="OES starting logits: zero (published), density, magnitude, density+magnitude")
-    g.add_argument("--oes-estimator", choices=ESTIMATORS, default="relaxed",
+    g.add_argument("--oes-init", choices=LOGIT_INITS, default=DipConfig.oes_init,
+                   help="OES starting logits: zero (published, default), density (each layer's kept share; "
+                   "the best measured with the ERK split), magnitude, density+magnitude")
+    g.add_argument("--oes-estimator", choices=ESTIMATORS, default=DipConfig.oes_estimator,
                    help="mask in each OES step: relaxed Bernoulli (published) or the top-k subnetwork "
                    "with straight-through gradients")
+    g.add_argument("--allocation", choices=ALLOCATIONS, default=DipConfig.allocation,
+                   help="split of the density over the layers: erk (default: Erdos-Renyi-Kernel; the OES "
+                   "logits pick the weights within each layer), global (top-k over all layers, as published), "
+                   "uniform, or magnitude (the split of global magnitude pruning at init)")
     g.add_argument("--mask-steps", type=int, default=None, help="OES mask-learning steps (default 100)")
     g.add_argument("--steps", type=int, default=None,
                    help="fitting steps (default 300 on the CPU, 3000 on CUDA)")
@@ -174,7 +181,7 @@ def make_config(args: argparse.Namespace):
         raise InputError(None, f"--cuda-graph: {err}")
     dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, lr=args.lr, seed=args.dip_seed,
                     output=args.output_iterate, compile=args.compile, amp=args.amp, steps=steps,
-                    cuda_graph=graph, oes_init=args.oes_init, oes_estimator=args.oes_estimator)
+                    cuda_graph=graph, oes_init=args.oes_init, oes_estimator=args.oes_estimator, allocation=args.allocation)
     if args.mask_steps is not None:
         dip = dataclasses.replace(dip, mask_steps=args.mask_steps)
     return RunConfig(data=args.data or sample_path(), out=args.out, methods=methods, accel=args.accel,

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from oes_mri.pruning.allocation import layer_budget
 from oes_mri.pruning.oes import check_pruned
 from oes_mri.pruning.weightmask import WeightMask, prunable_names, topk_masks
 
@@ -43,9 +44,13 @@ def snip_scores(gen: nn.Module, names: list[str], loss_fn: Callable[[torch.Tenso
 
 
 def baseline_mask(method: str, gen: nn.Module, density: float, loss_fn=None, scope: str = "conv",
-                  min_layer_density: float = 0.0, seed: int = 0, meta: dict | None = None) -> WeightMask:
-    """A random / magnitude / SNIP mask at ``density`` (checked for collapse)."""
+                  min_layer_density: float = 0.0, seed: int = 0, meta: dict | None = None,
+                  allocation: str = "global") -> WeightMask:
+    """A random / magnitude / SNIP mask at ``density`` (checked for collapse): global top-k of
+    the scores, or top-k per tensor under the ``allocation``'s layer budget."""
     names = prunable_names(gen, scope)
+    params = dict(gen.named_parameters())
+    budget = layer_budget({n: params[n] for n in names}, density, allocation, min_layer_density)
     if method == "random":
         scores = random_scores(gen, names, seed)
     elif method == "magnitude":
@@ -54,9 +59,9 @@ def baseline_mask(method: str, gen: nn.Module, density: float, loss_fn=None, sco
         scores = snip_scores(gen, names, loss_fn)
     else:
         raise ValueError(f"unknown pruning baseline {method!r}")
-    mask = WeightMask(topk_masks(scores, density, min_layer_density),
+    mask = WeightMask(topk_masks(scores, density, min_layer_density, budget),
                       {**(meta or {}), "method": method, "density": density, "scope": scope,
-                       "min_layer_density": min_layer_density, "mask_seed": seed})
+                       "min_layer_density": min_layer_density, "mask_seed": seed, "allocation": allocation})
     check_pruned(gen, mask)
     return mask
 

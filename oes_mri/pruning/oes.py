@@ -8,7 +8,8 @@ draws a relaxed Bernoulli (Gumbel-softmax / binary concrete) mask
 and minimises ``L(G_{w * m}(z)) + kl_weight * sum KL(Bern(sigmoid(p)) || Bern(density))``
 with Adam on ``p`` only (Ghosh et al., ICML 2024). ``L`` is the normalised k-space data term.
 The binary mask is the global top-k of ``p`` at the target density
-(:func:`oes_mri.pruning.weightmask.topk_masks`). The mask is applied functionally
+(:func:`oes_mri.pruning.weightmask.topk_masks`), or the top-k of ``p`` within each tensor
+under a layer-wise budget (:mod:`oes_mri.pruning.allocation`). The mask is applied functionally
 (``torch.func.functional_call``): no copy of the network per step; the KL term's gradient is
 added in closed form (:func:`add_kl_grad_`), so it builds no autograd graph over the logits.
 """
@@ -23,6 +24,7 @@ from torch import nn
 from torch.func import functional_call
 
 from oes_mri.optim import adam
+from oes_mri.pruning.allocation import layer_budget
 from oes_mri.pruning.weightmask import WeightMask, prunable_names, topk_masks
 
 
@@ -63,21 +65,22 @@ LOGIT_INITS = ("zero", "density", "magnitude", "density+magnitude")
 
 
 def initial_logits(params: dict[str, torch.Tensor], names: list[str], density: float,
-                   init: str = "zero") -> dict[str, torch.Tensor]:
+                   init: str = "zero", budget: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Starting logits ``p0 = b + g``.
 
     ``b`` is 0 (``"zero"``, the published OES: each weight kept with probability 1/2 while the
     mask is learned) or ``logit(density)`` (``"density"``: the relaxed mask keeps the target
-    fraction from the start, so the mask is learned in the sparse regime it will be used in).
+    fraction from the start, so the mask is learned in the sparse regime it will be used in;
+    with a layer ``budget``, each tensor's own ``logit(budget / numel)``).
     ``g`` is 0, or ``(|w| - mean |w|) / std |w|`` per tensor (``"magnitude"``: the top-k of
     the starting logits is magnitude pruning).
     """
     if init not in LOGIT_INITS:
         raise ValueError(f"OES logit init {init!r}: expected one of {', '.join(LOGIT_INITS)}")
-    base = math.log(density / (1 - density)) if init.startswith("density") else 0.0
     out = {}
     for n in names:
-        p = torch.full_like(params[n], base)
+        d = min(1 - 1e-6, max(1e-6, budget[n] / params[n].numel() if budget is not None else density))
+        p = torch.full_like(params[n], math.log(d / (1 - d)) if init.startswith("density") else 0.0)
         a = params[n].abs()
         if init.endswith("magnitude") and a.numel() > 1:
             p += (a - a.mean()) / a.std().clamp_min(1e-12)
@@ -89,12 +92,14 @@ ESTIMATORS = ("relaxed", "topk")
 
 
 def sampled_mask(logits: dict[str, torch.Tensor], tau: float, generator: torch.Generator | None,
-                 estimator: str, density: float, min_layer_density: float) -> dict[str, torch.Tensor]:
+                 estimator: str, density: float, min_layer_density: float,
+                 budget: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """The mask multiplied into the weights during one mask-learning step.
 
     ``"relaxed"`` (published): a binary-concrete sample per weight (:func:`relaxed_mask`).
-    ``"topk"``: the forward pass uses the pruned subnetwork itself, the global top-k (at
-    ``density``, with the per-tensor floor) of the logits plus logistic noise, and the
+    ``"topk"``: the forward pass uses the pruned subnetwork itself, the top-k (global at
+    ``density`` with the per-tensor floor, or per tensor under ``budget``) of the logits plus
+    logistic noise, and the
     gradient reaches the logits straight through ``sigmoid(p)``:
     ``m = topk + sigmoid(p) - sigmoid(p).detach()``.
     """
@@ -103,7 +108,7 @@ def sampled_mask(logits: dict[str, torch.Tensor], tau: float, generator: torch.G
     if estimator != "topk":
         raise ValueError(f"OES estimator {estimator!r}: expected one of {', '.join(ESTIMATORS)}")
     noisy = {n: p.detach() + logistic_noise(p, generator) for n, p in logits.items()}
-    hard = topk_masks(noisy, density, min_layer_density)
+    hard = topk_masks(noisy, density, min_layer_density, budget)
     out = {}
     for n, p in logits.items():
         q = torch.sigmoid(p)
@@ -114,7 +119,8 @@ def sampled_mask(logits: dict[str, torch.Tensor], tau: float, generator: torch.G
 def learn_oes_logits(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], names: list[str],
                      density: float, steps: int, tau: float = 0.2, kl_weight: float = 1e-9,
                      lr: float = 1e-2, seed: int = 0, init: str = "zero", estimator: str = "relaxed",
-                     min_layer_density: float = 0.0) -> tuple[dict[str, torch.Tensor], list[float]]:
+                     min_layer_density: float = 0.0, budget: dict[str, int] | None = None,
+                     ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Run OES mask learning; returns the logits by name and the loss every step.
 
     Args:
@@ -125,15 +131,16 @@ def learn_oes_logits(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Ten
         steps: Adam steps on the logits.
         seed: seeds the Gumbel noise.
         init: starting logits (:func:`initial_logits`).
-        estimator, min_layer_density: the mask used in each step (:func:`sampled_mask`).
+        estimator, min_layer_density, budget: the mask used in each step (:func:`sampled_mask`);
+            ``budget`` (kept count per tensor) also sets the ``"density"`` inits.
     """
     params = {n: p.detach() for n, p in gen.named_parameters()}
-    logits = {n: p.requires_grad_() for n, p in initial_logits(params, names, density, init).items()}
+    logits = {n: p.requires_grad_() for n, p in initial_logits(params, names, density, init, budget).items()}
     opt = adam(logits.values(), lr)
     rng = torch.Generator(device=next(iter(params.values())).device).manual_seed(int(seed))
     losses = torch.zeros(steps, device=next(iter(params.values())).device)
     for step in range(steps):
-        m = sampled_mask(logits, tau, rng, estimator, density, min_layer_density)
+        m = sampled_mask(logits, tau, rng, estimator, density, min_layer_density, budget)
         masked = {n: params[n] * m[n] for n in names}
         out = functional_call(gen, {**params, **masked}, ())
         data = loss_fn(out)
@@ -173,20 +180,24 @@ def check_pruned(gen: nn.Module, mask: WeightMask) -> None:
 def oes_mask(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], density: float = 0.05,
              steps: int = 300, scope: str = "conv", min_layer_density: float = 0.0, tau: float = 0.2,
              kl_weight: float = 1e-9, lr: float = 1e-2, seed: int = 0,
-             meta: dict | None = None, init: str = "zero",
-             estimator: str = "relaxed") -> tuple[WeightMask, list[float]]:
-    """Learn logits (:func:`learn_oes_logits`), threshold by global top-k, check, return.
+             meta: dict | None = None, init: str = "zero", estimator: str = "relaxed",
+             allocation: str = "global") -> tuple[WeightMask, list[float]]:
+    """Learn logits (:func:`learn_oes_logits`), threshold by top-k (global, or per tensor under
+    the ``allocation``'s budget, :func:`oes_mri.pruning.allocation.layer_budget`), check, return.
 
     Returns:
         the :class:`WeightMask` (metadata: method, density, steps, tau, kl_weight, scope, ...)
         and the data loss of every mask-learning step.
     """
     names = prunable_names(gen, scope)
+    params = dict(gen.named_parameters())
+    budget = layer_budget({n: params[n] for n in names}, density, allocation, min_layer_density)
     logits, losses = learn_oes_logits(gen, loss_fn, names, density, steps, tau, kl_weight, lr, seed, init,
-                                      estimator, min_layer_density)
-    mask = WeightMask(topk_masks(logits, density, min_layer_density), {
+                                      estimator, min_layer_density, budget)
+    mask = WeightMask(topk_masks(logits, density, min_layer_density, budget), {
         **(meta or {}), "method": "oes", "density": density, "mask_steps": steps, "tau": tau,
         "kl_weight": kl_weight, "mask_lr": lr, "scope": scope,
-        "min_layer_density": min_layer_density, "mask_seed": seed, "logit_init": init, "estimator": estimator})
+        "min_layer_density": min_layer_density, "mask_seed": seed, "logit_init": init, "estimator": estimator,
+        "allocation": allocation})
     check_pruned(gen, mask)
     return mask, losses

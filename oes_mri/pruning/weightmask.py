@@ -45,17 +45,21 @@ def prunable_names(module: nn.Module, scope: str = "conv") -> list[str]:
     return [f"{n}.weight" for n in convs]
 
 
-def topk_masks(scores: dict[str, torch.Tensor], density: float,
-               min_layer_density: float = 0.0) -> dict[str, torch.Tensor]:
+def topk_masks(scores: dict[str, torch.Tensor], density: float, min_layer_density: float = 0.0,
+               budget: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
     """Global top-k: keep the ``k = round(density * N)`` highest scores over all tensors.
 
     Each tensor first keeps its own top ``ceil(min_layer_density * n)`` entries (a floor
     against layer collapse); the rest of the ``k`` are the global top among the others.
     Ties are broken by position (deterministic). The kept count is exactly ``k`` (or the sum
-    of the floors, when that is larger).
+    of the floors, when that is larger). With a ``budget`` (kept count per tensor, from
+    :func:`oes_mri.pruning.allocation.layer_budget`) each tensor keeps its own top
+    ``budget[name]`` instead.
     """
     if not 0 < density <= 1:
         raise ValueError(f"density must be in (0, 1], got {density}")
+    if budget is not None:
+        return {n: _top(s, budget[n]) for n, s in scores.items()}
     names = list(scores)
     flat = torch.cat([scores[n].detach().flatten().float() for n in names])
     sizes = [scores[n].numel() for n in names]
@@ -77,6 +81,14 @@ def topk_masks(scores: dict[str, torch.Tensor], density: float,
         out[n] = keep[start:start + n_l].reshape(scores[n].shape).clone()
         start += n_l
     return out
+
+
+def _top(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Boolean mask of the ``k`` highest entries of ``scores``."""
+    flat = scores.detach().flatten().float()
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[torch.topk(flat, k, sorted=False).indices] = True
+    return keep.reshape(scores.shape)
 
 
 @dataclass

@@ -49,6 +49,12 @@ class DipConfig:
         oes_estimator: the mask in each OES step, "relaxed" (published) or "topk" (the pruned
             subnetwork, straight-through; :func:`oes_mri.pruning.oes.sampled_mask`).
         scope, min_layer_density: which weights are prunable, per-tensor density floor.
+        allocation: how the density is split over the prunable tensors: "erk" (default, a
+            measured choice: Erdos-Renyi-Kernel, the scores pick weights within each tensor),
+            "global" (top-k of the scores over all tensors, as published), "uniform" or
+            "magnitude" (the split of global magnitude pruning at init). Applies to OES and
+            the random/magnitude/SNIP baselines alike (IMP is always global). See
+            :mod:`oes_mri.pruning.allocation`.
         seed: weight init, input noise and Gumbel noise.
         sensitivity_free: fit coil images through ``CoilOp`` instead of one image through ``SenseOp``.
         output: which iterate is returned: "best" (lowest data loss), "last" or "ema".
@@ -75,6 +81,7 @@ class DipConfig:
     oes_estimator: str = "relaxed"
     scope: str = "conv"
     min_layer_density: float = 0.01
+    allocation: str = "erk"
     seed: int = 0
     sensitivity_free: bool = False
     output: str = "best"
@@ -110,12 +117,13 @@ def _make_mask(cfg: DipConfig, gen, problem, meta: dict) -> tuple[WeightMask | N
         return None, []
     if cfg.pruning == "oes":
         return oes_mask(gen, problem.loss, cfg.density, cfg.mask_steps, cfg.scope, cfg.min_layer_density,
-                        cfg.tau, cfg.kl_weight, cfg.mask_lr, cfg.seed, meta, cfg.oes_init, cfg.oes_estimator)
+                        cfg.tau, cfg.kl_weight, cfg.mask_lr, cfg.seed, meta, cfg.oes_init, cfg.oes_estimator,
+                        cfg.allocation)
     if cfg.pruning == "imp":
         train = lambda g, m: fit(g, problem.loss, cfg.mask_steps, cfg.lr, m, log_every=cfg.mask_steps)  # noqa: E731
         return imp_mask(gen, cfg.density, train, cfg.imp_rounds, cfg.scope, cfg.min_layer_density, meta), []
     return baseline_mask(cfg.pruning, gen, cfg.density, problem.loss, cfg.scope, cfg.min_layer_density,
-                         cfg.seed, meta), []
+                         cfg.seed, meta, cfg.allocation), []
 
 
 def _monitor(problem, kspace, mask, target, recon_size) -> Callable | None:
