@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from oes_mri.pruning.weightmask import topk_masks
 
@@ -83,3 +84,10 @@ def layer_budget(weights: dict[str, torch.Tensor], density: float, allocation: s
         fractions = {n: float(m.float().mean()) for n, m in kept.items()}
     counts = _counts(fractions, sizes, round(density * sum(sizes.values())))
     return {n: max(c, min(sizes[n], math.ceil(min_layer_density * sizes[n]))) for n, c in counts.items()}
+
+
+def module_budget(module: nn.Module, names: list[str], density: float, allocation: str = "global",
+                  min_layer_density: float = 0.0) -> dict[str, int] | None:
+    """:func:`layer_budget` of the parameters ``names`` of ``module`` (at init)."""
+    params = dict(module.named_parameters())
+    return layer_budget({n: params[n] for n in names}, density, allocation, min_layer_density)

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from oes_mri.pruning.allocation import layer_budget
+from oes_mri.pruning.allocation import module_budget
 from oes_mri.pruning.oes import check_pruned
 from oes_mri.pruning.weightmask import WeightMask, prunable_names, topk_masks
 
@@ -49,8 +49,7 @@ def baseline_mask(method: str, gen: nn.Module, density: float, loss_fn=None, sco
     """A random / magnitude / SNIP mask at ``density`` (checked for collapse): global top-k of
     the scores, or top-k per tensor under the ``allocation``'s layer budget."""
     names = prunable_names(gen, scope)
-    params = dict(gen.named_parameters())
-    budget = layer_budget({n: params[n] for n in names}, density, allocation, min_layer_density)
+    budget = module_budget(gen, names, density, allocation, min_layer_density)
     if method == "random":
         scores = random_scores(gen, names, seed)
     elif method == "magnitude":

@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call
 
 from oes_mri.optim import adam
-from oes_mri.pruning.allocation import layer_budget
+from oes_mri.pruning.allocation import module_budget
 from oes_mri.pruning.weightmask import WeightMask, prunable_names, topk_masks
 
 
@@ -190,8 +190,7 @@ def oes_mask(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], de
         and the data loss of every mask-learning step.
     """
     names = prunable_names(gen, scope)
-    params = dict(gen.named_parameters())
-    budget = layer_budget({n: params[n] for n in names}, density, allocation, min_layer_density)
+    budget = module_budget(gen, names, density, allocation, min_layer_density)
     logits, losses = learn_oes_logits(gen, loss_fn, names, density, steps, tau, kl_weight, lr, seed, init,
                                       estimator, min_layer_density, budget)
     mask = WeightMask(topk_masks(logits, density, min_layer_density, budget), {
