@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("Sparse-DIP (oes) and DIP")
     g.add_argument("--density", type=float, default=0.05, help="kept fraction of prunable weights (default 0.05)")
     g.add_argument("--oes-init", choices=LOGIT_INITS, default=DipConfig.oes_init,
-                   help="OES starting logits: zero (published, default), density (each layer's kept share; "
-                   "the best measured with the ERK split), magnitude, density+magnitude")
+                   help="OES starting logits: zero (published, default), density (each layer's kept share), "
+                   "magnitude, density+magnitude")
     g.add_argument("--oes-estimator", choices=ESTIMATORS, default=DipConfig.oes_estimator,
                    help="mask in each OES step: relaxed Bernoulli (published) or the top-k subnetwork "
                    "with straight-through gradients")

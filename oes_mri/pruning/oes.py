@@ -99,8 +99,7 @@ def sampled_mask(logits: dict[str, torch.Tensor], tau: float, generator: torch.G
     ``"relaxed"`` (published): a binary-concrete sample per weight (:func:`relaxed_mask`).
     ``"topk"``: the forward pass uses the pruned subnetwork itself, the top-k (global at
     ``density`` with the per-tensor floor, or per tensor under ``budget``) of the logits plus
-    logistic noise, and the
-    gradient reaches the logits straight through ``sigmoid(p)``:
+    logistic noise, and the gradient reaches the logits straight through ``sigmoid(p)``:
     ``m = topk + sigmoid(p) - sigmoid(p).detach()``.
     """
     if estimator == "relaxed":

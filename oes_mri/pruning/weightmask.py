@@ -65,13 +65,9 @@ def topk_masks(scores: dict[str, torch.Tensor], density: float, min_layer_densit
     sizes = [scores[n].numel() for n in names]
     k = int(round(density * flat.numel()))
     keep = torch.zeros_like(flat, dtype=torch.bool)
-    if min_layer_density > 0:
-        start = 0
-        for n_l in sizes:
-            f = min(n_l, math.ceil(min_layer_density * n_l))
-            idx = torch.topk(flat[start:start + n_l], f, sorted=False).indices
-            keep[start + idx] = True
-            start += n_l
+    if min_layer_density > 0:                       # the per-tensor floors
+        keep = torch.cat([_top(scores[n], min(n_l, math.ceil(min_layer_density * n_l))).flatten()
+                          for n, n_l in zip(names, sizes)])
     rest = k - int(keep.sum())
     if rest > 0:
         masked = flat.masked_fill(keep, float("-inf"))
