@@ -320,7 +320,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--data", nargs="*", help="fastMRI files with targets; the last is the main case (default: the "
                    "built-in sample, then ../shared/data/brain_t1_8coil.h5 when present)")
     p.add_argument("--accels", type=float, nargs="+", default=[4.0, 8.0])
-    p.add_argument("--table-methods", default="zf,sense,l1,tv,dip,oes,random,magnitude,snip",
+    p.add_argument("--table-methods", default="zf,sense,l1,tv,dip,oes,random,magnitude,snip,imp",
                    help="methods on the main case (the last file at the first acceleration)")
     p.add_argument("--short-methods", default="zf,sense,l1,dip,oes", help="methods on the other cases")
     p.add_argument("--lrs", type=float, nargs="+", default=[1e-2, 3e-3], help="dense DIP learning rates")

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learn one OES mask per volume on its middle slice and reuse it, or one per slice")
     g.add_argument("--output-iterate", choices=["best", "last", "ema"], default="best",
                    help="returned DIP iterate: lowest data loss (default), last, or moving average")
+    g.add_argument("--input-jitter", type=float, default=0.0,
+                   help="std of noise added to the generator input at every fit step (DIP's reg_noise_std, "
+                   "e.g. 0.033; default 0 = off; fits eagerly, without CUDA graphs)")
     g.add_argument("--compile", action="store_true", help="torch.compile the generator (see benchmarks/speed.py)")
     g.add_argument("--amp", action="store_true",
                    help="bf16 autocast for the generator, FFTs and data term in fp32 (for CUDA)")
@@ -162,6 +165,10 @@ def make_config(args: argparse.Namespace):
             raise InputError(None, f"--{name.replace('_', '-')} {v}: must be >= 1")
     if args.batch_slices < 1:
         raise InputError(None, f"--batch-slices {args.batch_slices}: must be >= 1")
+    if not args.input_jitter >= 0:
+        raise InputError(None, f"--input-jitter {args.input_jitter}: must be >= 0")
+    if args.input_jitter and args.cuda_graph:
+        raise InputError(None, "--cuda-graph: not with --input-jitter (the input noise is drawn eagerly)")
     if not args.lr > 0:
         raise InputError(None, f"--lr {args.lr}: must be > 0")
     try:
@@ -174,13 +181,15 @@ def make_config(args: argparse.Namespace):
         WeightMask.load(args.weight_mask)  # readable, else a clear error now
     device = resolve_device(args.device, remote=args.ray not in (None, "local"))
     steps = args.steps if args.steps is not None else default_steps(device)
-    graph = args.cuda_graph if args.cuda_graph is not None else device.startswith("cuda") and not args.compile
+    graph = (args.cuda_graph if args.cuda_graph is not None
+             else device.startswith("cuda") and not args.compile and not args.input_jitter)
     try:
         use_cuda_graph(graph, torch.device(device), args.compile)
     except ValueError as err:
         raise InputError(None, f"--cuda-graph: {err}")
     dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, lr=args.lr, seed=args.dip_seed,
                     output=args.output_iterate, compile=args.compile, amp=args.amp, steps=steps,
+                    input_jitter=args.input_jitter,
                     cuda_graph=graph, oes_init=args.oes_init, oes_estimator=args.oes_estimator, allocation=args.allocation)
     if args.mask_steps is not None:
         dip = dataclasses.replace(dip, mask_steps=args.mask_steps)

@@ -100,6 +100,41 @@ def test_amp_fit_runs_in_bf16_and_returns_fp32():
     assert seen == [torch.bfloat16]
 
 
+def test_input_jitter_is_seeded_and_returns_the_clean_output():
+    """DIP input noise: a fresh draw per step from the fit's seed; the last output is G at the
+    clean input with the final weights; pruned weights stay zero."""
+    from oes_mri.solvers.dip import fit
+
+    x = _slices(1)[0]
+    cfg = dataclasses.replace(CFG, pruning="random")
+
+    def run(jitter, seed):
+        st = sparse_dip._setup(x.kspace, x.mask, x.maps, cfg, 0, None, "")
+        res = fit(st.gen, st.problem.loss, 6, 1e-2, st.weight_mask, input_jitter=jitter, jitter_seed=seed)
+        return st, res
+
+    st, a = run(0.05, 3)
+    _, b = run(0.05, 3)
+    _, c = run(0.05, 4)
+    _, plain = run(0.0, 3)
+    assert a.losses == b.losses and torch.equal(a.last, b.last)
+    assert a.losses != c.losses and a.losses[0] != plain.losses[0]
+    with torch.no_grad():
+        clean = st.gen()
+    assert torch.allclose(a.last, clean, atol=1e-6 * clean.abs().max())
+    params = dict(st.gen.named_parameters())
+    assert all(torch.all(params[n][~m] == 0) for n, m in st.weight_mask.masks.items())
+
+
+def test_input_jitter_is_fitted_one_slice_at_a_time():
+    xs = _slices(2)
+    cfg = dataclasses.replace(CFG, pruning="dense", input_jitter=0.05)
+    batch = reconstruct_dip_batch(xs, cfg)
+    for x, b in zip(xs, batch):
+        one = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
+        assert b.history["losses"] == one.history["losses"]
+
+
 def test_cuda_graph_needs_cuda():
     from oes_mri.solvers.dip import fit
 
@@ -107,6 +142,17 @@ def test_cuda_graph_needs_cuda():
     st = sparse_dip._setup(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="dense"), 0, None, "")
     with pytest.raises(ValueError, match="CUDA"):
         fit(st.gen, st.problem.loss, 3, cuda_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_refuses_input_jitter():
+    from oes_mri.solvers.dip import fit
+
+    x = _slices(1)[0]
+    st = sparse_dip._setup(x.kspace.cuda(), x.mask.cuda(), x.maps.cuda(), dataclasses.replace(CFG, pruning="dense"),
+                           0, None, "")
+    with pytest.raises(ValueError, match="input_jitter"):
+        fit(st.gen, st.problem.loss, 3, cuda_graph=True, input_jitter=0.05)
 
 
 @pytest.fixture

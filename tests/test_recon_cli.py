@@ -241,3 +241,15 @@ def test_allocation_option_reaches_the_config(tmp_path):
     assert parse("--allocation", "global").settings.dip.allocation == "global"
     with pytest.raises(SystemExit):
         parse("--allocation", "layerwise")
+
+
+def test_input_jitter_option_reaches_the_config_and_turns_cuda_graphs_off(tmp_path):
+    from oes_mri.recon import InputError, build_parser, make_config
+
+    parse = lambda *a: make_config(build_parser().parse_args(["--out", str(tmp_path), *a]))  # noqa: E731
+    assert parse().settings.dip.input_jitter == 0
+    assert parse("--input-jitter", "0.03").settings.dip.input_jitter == 0.03
+    with pytest.raises(InputError, match="--input-jitter"):
+        parse("--input-jitter", "-1")
+    with pytest.raises(InputError, match="--cuda-graph"):
+        parse("--input-jitter", "0.03", "--cuda-graph")

@@ -81,11 +81,14 @@ class ImageGenerator(nn.Module):
         self.out_shape = tuple(out_shape)
         self.num_images = num_images
 
-    def forward(self) -> torch.Tensor:
+    def forward(self, z: torch.Tensor | None = None) -> torch.Tensor:
+        """``G(z)`` as ``(K, H, W)`` complex; ``z`` defaults to the fixed input (a perturbed
+        input of the same shape can be passed instead)."""
+        z = self.z if z is None else z
         if isinstance(self.net, ConvDecoder):
-            out = self.net(self.z, out_size=self.out_shape)
+            out = self.net(z, out_size=self.out_shape)
         else:
-            out = self.net(self.z)
+            out = self.net(z)
         H, W = self.out_shape
         top, left = (out.shape[-2] - H) // 2, (out.shape[-1] - W) // 2
         out = out[0, :, top:top + H, left:left + W].float()

@@ -81,8 +81,8 @@ class FitResult:
     monitor: list[dict] = field(default_factory=list)
 
 
-def generator_forward(gen: nn.Module, compile: bool = False, amp: bool = False) -> Callable[[], torch.Tensor]:
-    """``gen()`` as the fit calls it: optionally compiled, optionally under bf16 autocast
+def generator_forward(gen: nn.Module, compile: bool = False, amp: bool = False) -> Callable[..., torch.Tensor]:
+    """``gen(*args)`` as the fit calls it: optionally compiled, optionally under bf16 autocast
     (the generator returns fp32 complex images either way; no autocast weight cache, so the
     step can be captured in a CUDA graph)."""
     run = torch.compile(gen) if compile else gen
@@ -90,10 +90,21 @@ def generator_forward(gen: nn.Module, compile: bool = False, amp: bool = False) 
         return run
     device_type = next(gen.parameters()).device.type
 
-    def forward() -> torch.Tensor:
+    def forward(*args: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type, dtype=torch.bfloat16, cache_enabled=False):
-            return run()
+            return run(*args)
     return forward
+
+
+def jittered_input(forward: Callable[..., torch.Tensor], z: torch.Tensor, std: float,
+                   seed: int) -> Callable[[], torch.Tensor]:
+    """``forward(z + std * n)`` with fresh ``n ~ N(0, 1)`` at every call, drawn from a
+    generator seeded with ``seed`` (DIP's input regularisation, ``reg_noise_std``)."""
+    rng = torch.Generator(device=z.device).manual_seed(int(seed))
+
+    def perturbed() -> torch.Tensor:
+        return forward(z + std * torch.randn(z.shape, generator=rng, device=z.device, dtype=z.dtype))
+    return perturbed
 
 
 def use_cuda_graph(cuda_graph: bool, device: torch.device, compile: bool = False) -> bool:
@@ -109,7 +120,8 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         weight_mask: WeightMask | None = None, ema_decay: float | None = None, log_every: int = 50,
         monitor: Callable[[torch.Tensor], dict] | None = None,
         progress: Callable[[int, dict], None] | None = None, compile: bool = False,
-        amp: bool = False, cuda_graph: bool = False) -> FitResult:
+        amp: bool = False, cuda_graph: bool = False, input_jitter: float = 0.0, jitter_seed: int = 0
+        ) -> FitResult:
     """Fit ``gen`` to minimise ``loss_fn(gen())`` with Adam (in place).
 
     Args:
@@ -125,16 +137,24 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         compile: run the generator through ``torch.compile`` (first steps pay the compilation).
         amp: bf16 autocast for the generator (output cast to fp32: FFTs and loss stay fp32);
             meant for CUDA.
-        cuda_graph: replay the step as a CUDA graph (:mod:`oes_mri.solvers.loop`; CUDA only).
+        cuda_graph: replay the step as a CUDA graph (:mod:`oes_mri.solvers.loop`; CUDA only;
+            not with ``input_jitter``).
+        input_jitter: std of Gaussian noise added to the generator's fixed input ``z`` at every
+            step (DIP's ``reg_noise_std``; 0 = off). Then ``last`` and the monitored outputs are
+            at the clean input, while ``best`` and ``ema`` are of perturbed outputs.
+        jitter_seed: seed of that noise.
 
     Raises:
         FitDiverged: a NaN/Inf loss (the caller retries with a smaller learning rate).
     """
     device = next(gen.parameters()).device
     graph = use_cuda_graph(cuda_graph, device, compile)
+    if graph and input_jitter:
+        raise ValueError("cuda_graph and input_jitter are exclusive (the input noise is drawn eagerly)")
     handles = weight_mask.apply_(gen) if weight_mask is not None else []
     gen.train()
-    forward = generator_forward(gen, compile, amp)
+    clean = generator_forward(gen, compile, amp)
+    forward = jittered_input(clean, gen.z, input_jitter, jitter_seed) if input_jitter else clean
     opt = adam(gen.parameters(), lr, capturable=graph)
     record, logs = Record(steps, ema_decay), []
 
@@ -149,6 +169,9 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         return out.detach(), loss.detach()
 
     def on_log(i: int, out: torch.Tensor, loss: torch.Tensor) -> None:
+        if monitor is not None and input_jitter:
+            with torch.no_grad():
+                out = clean()                            # monitor the clean-input output
         info = {"loss": check_finite(loss, i)[0], **(monitor(out) if monitor is not None else {})}
         if monitor is not None:
             logs.append({"step": i, **info})
@@ -157,6 +180,9 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
 
     try:
         out, _ = run_steps(step, steps, record, log_every, on_log, graph)
+        if input_jitter:
+            with torch.no_grad():
+                out = clean().detach()
     finally:
         for h in handles:
             h.remove()

@@ -59,6 +59,9 @@ class DipConfig:
         sensitivity_free: fit coil images through ``CoilOp`` instead of one image through ``SenseOp``.
         output: which iterate is returned: "best" (lowest data loss), "last" or "ema".
         ema_decay: decay of the output average (used when ``output == "ema"``).
+        input_jitter: std of Gaussian noise added to the fixed input at every fit step (DIP's
+            ``reg_noise_std``, 1/30 there; 0 = off, the default). The "last" output is then
+            the clean-input output; not with ``cuda_graph``; fitted one slice at a time.
         imp_rounds: IMP rounds.
         transfer_init: with a given mask: "same" (the mask's init seed) or "fresh" (``seed``).
         log_every: steps between logs/monitoring.
@@ -86,6 +89,7 @@ class DipConfig:
     sensitivity_free: bool = False
     output: str = "best"
     ema_decay: float = 0.99
+    input_jitter: float = 0.0
     imp_rounds: int = 3
     transfer_init: str = "same"
     log_every: int = 25
@@ -207,7 +211,7 @@ def reconstruct_dip(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor
             res = fit(st.gen, st.problem.loss, cfg.steps, lr, st.weight_mask,
                       cfg.ema_decay if cfg.output == "ema" else None, cfg.log_every,
                       _monitor(st.problem, kspace, mask, target, recon_size), progress, cfg.compile, cfg.amp,
-                      cfg.cuda_graph)
+                      cfg.cuda_graph, cfg.input_jitter, seed)
             return _output(cfg, st, res, lr, time.perf_counter() - t1)
         except FitDiverged as err:
             if attempt == cfg.retries:
@@ -235,13 +239,14 @@ def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_ma
     Each slice gets what :func:`reconstruct_dip` would give it (own generator from the same
     seed, own scaling, own mask unless ``weight_mask`` is shared), up to rounding. If any
     slice diverges, every slice is redone one at a time with :func:`reconstruct_dip`'s retries.
-    ``cfg.output == "ema"``, ``cfg.compile`` and ``cfg.amp`` are not batched (done one at a time).
+    ``cfg.output == "ema"``, ``cfg.compile``, ``cfg.amp`` and ``cfg.input_jitter`` are not
+    batched (done one at a time).
     """
     def one_at_a_time() -> list[DipOutput]:
         return [reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size, weight_mask, x.target, x.source,
                                 progress) for x in slices]
 
-    if cfg.output == "ema" or cfg.compile or cfg.amp or len(slices) == 1:
+    if cfg.output == "ema" or cfg.compile or cfg.amp or cfg.input_jitter or len(slices) == 1:
         return one_at_a_time()
     seed = _init_seed(cfg, weight_mask)
     xs = [x._replace(maps=None) if cfg.sensitivity_free else x for x in slices]
