@@ -306,7 +306,10 @@ def write_results(rows: Rows, out: Path, argv: list[str], seconds: float) -> Non
           "`speed.md` has side-by-side timings.\n",
           "Pruned rows (oes, random, magnitude, snip) use `DipConfig`'s default ERK layer split unless the "
           "variant says `allocation=...`; `allocation=global` is the published global top-k (and the split "
-          "of every row made before ERK became the default).\n"]
+          "of every row made before ERK became the default). `imp` is always global: `imp_rounds` (3) rounds "
+          "of `mask_steps` (100) training steps, each pruning the smallest weights and rewinding to init. "
+          "`input_jitter=s`: DIP's input noise of std s at every fit step (last iterate and curves at the "
+          "clean input).\n"]
     for exp, title in (("table", "Methods"), ("density", "OES density sweep"), ("curves", "Long runs"),
                        ("transfer", "Mask transfer"), ("ablation", "What moves Sparse-DIP (5 %, one change each)")):
         if any(r["experiment"] == exp for r in allrows):
