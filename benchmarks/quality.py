@@ -240,13 +240,14 @@ def plots(rows: list[dict], out: Path) -> list[str]:
     made = []
     curves = [r for r in rows if r["experiment"] == "curves" and r.get("curve")]
     if curves:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        for r in curves:
+        fig, axes = plt.subplots(1, 2, figsize=(14, 4.2))
+        colours = plt.get_cmap("tab20").colors
+        for i, r in enumerate(curves):
             c = np.asarray(r["curve"])
             label = {"oes": "Sparse-DIP (OES 5 %)", "dip": "dense DIP"}.get(r["method"], r["method"] + " 5 %")
-            label += "".join(f", {v}" for v in r["variant"].split()[1:])          # --set changes
-            axes[0].plot(c[:, 0], c[:, 1], label=label)
-            axes[1].plot(c[:, 0], c[:, 2], label=label)
+            label += "".join(f", {v}" for v in r["variant"].split())          # steps and --set changes
+            axes[0].plot(c[:, 0], c[:, 1], c=colours[i % len(colours)], lw=1, label=label)
+            axes[1].plot(c[:, 0], c[:, 2], c=colours[i % len(colours)], lw=1)
         for r in rows:
             if r["experiment"] == "table" and r["data"] == curves[0]["data"] and r["method"] in ("l1", "sense") \
                     and abs(r["accel"] - curves[0]["accel"]) < 1e-6:
@@ -254,9 +255,9 @@ def plots(rows: list[dict], out: Path) -> list[str]:
                 axes[0].text(0, r["psnr"], r["method"], fontsize=8, va="bottom")
         axes[0].set(xlabel="fit step", ylabel="PSNR (dB), last iterate")
         axes[1].set(xlabel="fit step", ylabel="SSIM, last iterate")
-        axes[0].legend()
         fig.suptitle(f"{curves[0]['data']} at {curves[0]['accel']:.2f}x")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 0.74, 1))
+        fig.legend(loc="center left", bbox_to_anchor=(0.74, 0.5), fontsize=7, frameon=False)
         fig.savefig(out / "quality_curves.png", dpi=100)
         plt.close(fig)
         made.append("quality_curves.png")
@@ -265,14 +266,19 @@ def plots(rows: list[dict], out: Path) -> list[str]:
         if r["experiment"] == "density":
             first, _, rest = r["variant"].partition(" ")
             groups.setdefault(rest, []).append((float(first.split("=")[1]), r))
+    cases = {(r["data"], r["accel"]) for g in groups.values() for _, r in g}
+    for r in rows:                      # the table's OES row is the default density's point
+        rest = "" if r["variant"] == "default" else r["variant"]
+        if r["experiment"] == "table" and r["method"] == "oes" and (r["data"], r["accel"]) in cases and rest in groups:
+            groups[rest].append((DipConfig.density, r))
     if groups:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for rest, dens in sorted(groups.items()):
             dens.sort(key=lambda x: x[0])
             d = [x for x, _ in dens]
-            line = ax.semilogx(d, [r["psnr"] for _, r in dens], "o-", label=f"best iterate {rest}".strip())
-            ax.semilogx(d, [r["psnr_last"] for _, r in dens], "s--", c=line[0].get_color(),
-                        label=f"last iterate {rest}".strip())
+            name = rest or f"allocation={DipConfig.allocation}"
+            line = ax.semilogx(d, [r["psnr"] for _, r in dens], "o-", label=f"best iterate {name}")
+            ax.semilogx(d, [r["psnr_last"] for _, r in dens], "s--", c=line[0].get_color(), label=f"last iterate {name}")
         ax.set(xlabel="density", ylabel="PSNR (dB)", title=f"OES density sweep, {dens[0][1]['data']}")
         ax.legend()
         fig.tight_layout()
