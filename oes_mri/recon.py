@@ -167,8 +167,6 @@ def make_config(args: argparse.Namespace):
         raise InputError(None, f"--batch-slices {args.batch_slices}: must be >= 1")
     if not args.input_jitter >= 0:
         raise InputError(None, f"--input-jitter {args.input_jitter}: must be >= 0")
-    if args.input_jitter and args.cuda_graph:
-        raise InputError(None, "--cuda-graph: not with --input-jitter (the input noise is drawn eagerly)")
     if not args.lr > 0:
         raise InputError(None, f"--lr {args.lr}: must be > 0")
     try:
@@ -184,7 +182,7 @@ def make_config(args: argparse.Namespace):
     graph = (args.cuda_graph if args.cuda_graph is not None
              else device.startswith("cuda") and not args.compile and not args.input_jitter)
     try:
-        use_cuda_graph(graph, torch.device(device), args.compile)
+        use_cuda_graph(graph, torch.device(device), args.compile, args.input_jitter)
     except ValueError as err:
         raise InputError(None, f"--cuda-graph: {err}")
     dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, lr=args.lr, seed=args.dip_seed,

@@ -107,8 +107,12 @@ def jittered_input(forward: Callable[..., torch.Tensor], z: torch.Tensor, std: f
     return perturbed
 
 
-def use_cuda_graph(cuda_graph: bool, device: torch.device, compile: bool = False) -> bool:
-    """Validate the ``cuda_graph`` option: CUDA only, and not together with ``torch.compile``."""
+def use_cuda_graph(cuda_graph: bool, device: torch.device, compile: bool = False,
+                   input_jitter: float = 0.0) -> bool:
+    """Validate the ``cuda_graph`` option: CUDA only, and not together with ``torch.compile``
+    or input noise."""
+    if cuda_graph and input_jitter:
+        raise ValueError("cuda_graph and input_jitter are exclusive (the input noise is drawn eagerly)")
     if cuda_graph and device.type != "cuda":
         raise ValueError(f"cuda_graph needs a CUDA device, not {device}")
     if cuda_graph and compile:
@@ -148,9 +152,7 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         FitDiverged: a NaN/Inf loss (the caller retries with a smaller learning rate).
     """
     device = next(gen.parameters()).device
-    graph = use_cuda_graph(cuda_graph, device, compile)
-    if graph and input_jitter:
-        raise ValueError("cuda_graph and input_jitter are exclusive (the input noise is drawn eagerly)")
+    graph = use_cuda_graph(cuda_graph, device, compile, input_jitter)
     handles = weight_mask.apply_(gen) if weight_mask is not None else []
     gen.train()
     clean = generator_forward(gen, compile, amp)
