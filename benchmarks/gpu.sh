@@ -27,7 +27,8 @@
 # 2. side by side, on the brain at 4x, 3000 fit steps: OES, random and magnitude under the
 #    ERK split at seeds 0-2, OES with 1000 mask-learning steps and OES from logits at each
 #    layer's ERK density (--oes-init density) at the same seeds, and 9000-step curves of OES
-#    and magnitude under ERK (overfitting: last iterate against peak).
+#    and magnitude under ERK (overfitting: last iterate against peak), and of OES and dense DIP
+#    with the cosine learning-rate schedule (--set lr_schedule=cosine).
 # Every part has a time cap inside BUDGET seconds; finished rows are kept when a cap hits.
 # Results and logs are written under $OUT; with TAR=file.tar.gz they are also packed into one
 # file (without caches, masks and reconstructions). PY names the Python (default python).
@@ -125,6 +126,10 @@ part3() {
     for m in oes magnitude; do
         run q_erk_curve_$m 300 $Q --experiments curves --curve-methods $m --curve-steps $LONG \
             --out "$OUT/q_erk_curve_$m" &
+    done
+    for m in oes dip; do
+        run q_cos_curve_$m 300 $Q --experiments curves --curve-methods $m --curve-steps $LONG \
+            --set lr_schedule=cosine --out "$OUT/q_cos_curve_$m" &
     done
     wait
 }

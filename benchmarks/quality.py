@@ -246,8 +246,9 @@ def plots(rows: list[dict], out: Path) -> list[str]:
             c = np.asarray(r["curve"])
             label = {"oes": "Sparse-DIP (OES 5 %)", "dip": "dense DIP"}.get(r["method"], r["method"] + " 5 %")
             label += "".join(f", {v}" for v in r["variant"].split())          # steps and --set changes
-            axes[0].plot(c[:, 0], c[:, 1], c=colours[i % len(colours)], lw=1, label=label)
-            axes[1].plot(c[:, 0], c[:, 2], c=colours[i % len(colours)], lw=1)
+            style = {"c": colours[i % len(colours)], "ls": ("-", "--", ":")[i // len(colours) % 3], "lw": 1}
+            axes[0].plot(c[:, 0], c[:, 1], label=label, **style)                  # past 20 curves: dashed
+            axes[1].plot(c[:, 0], c[:, 2], **style)
         for r in rows:
             if r["experiment"] == "table" and r["data"] == curves[0]["data"] and r["method"] in ("l1", "sense") \
                     and abs(r["accel"] - curves[0]["accel"]) < 1e-6:
@@ -315,7 +316,7 @@ def write_results(rows: Rows, out: Path, argv: list[str], seconds: float) -> Non
           "of every row made before ERK became the default). `imp` is always global: `imp_rounds` (3) rounds "
           "of `mask_steps` (100) training steps, each pruning the smallest weights and rewinding to init. "
           "`input_jitter=s`: DIP's input noise of std s at every fit step (last iterate and curves at the "
-          "clean input).\n"]
+          "clean input). `lr_schedule=cosine`: the fit's learning rate falls from `lr` to 0 over the run.\n"]
     for exp, title in (("table", "Methods"), ("density", "OES density sweep"), ("curves", "Long runs"),
                        ("transfer", "Mask transfer"), ("ablation", "What moves Sparse-DIP (5 %, one change each)")):
         if any(r["experiment"] == exp for r in allrows):

@@ -1,14 +1,46 @@
-"""The optimiser every fit uses (generator weights, OES logits)."""
+"""The optimiser every fit uses (generator weights, OES logits) and its learning-rate schedules."""
 
 from __future__ import annotations
 
-from typing import Iterable
+import math
+from typing import Callable, Iterable
 
 import torch
 
+LR_SCHEDULES = ("constant", "cosine")
+"""``constant``: ``lr`` at every step; ``cosine``: ``lr_t = lr (1 + cos(pi t / T)) / 2`` after step t of T."""
 
-def adam(params: Iterable[torch.Tensor], lr: float, capturable: bool = False) -> torch.optim.Adam:
+
+def adam(params: Iterable[torch.Tensor], lr: float, capturable: bool = False,
+         scheduled: bool = False) -> torch.optim.Adam:
     """Adam, fused (one kernel over all tensors) where PyTorch has it (CPU, CUDA);
-    ``capturable`` keeps its step count on the device (needed inside a CUDA graph)."""
+    ``capturable`` keeps its step count on the device (needed inside a CUDA graph). With
+    ``capturable`` and ``scheduled`` the learning rate is a device tensor, so that a schedule's
+    writes (:func:`lr_schedule`) reach a captured step."""
     params = list(params)
-    return torch.optim.Adam(params, lr=lr, fused=params[0].device.type in ("cpu", "cuda"), capturable=capturable)
+    device = params[0].device
+    rate = torch.tensor(float(lr), device=device) if capturable and scheduled else lr
+    return torch.optim.Adam(params, lr=rate, fused=device.type in ("cpu", "cuda"), capturable=capturable)
+
+
+def lr_schedule(opt: torch.optim.Optimizer, kind: str, steps: int) -> Callable[[int], None] | None:
+    """``after(t)``, to call after step ``t`` (1..steps), setting the rate of step ``t + 1``
+    (closed form from the initial rate, no host sync); ``None`` for ``constant``.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule {kind!r}: expected one of {', '.join(LR_SCHEDULES)}")
+    if kind == "constant":
+        return None
+    initial = [float(g["lr"]) for g in opt.param_groups]
+
+    def after(t: int) -> None:
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps))
+        for group, lr in zip(opt.param_groups, initial):
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(lr * factor)
+            else:
+                group["lr"] = lr * factor
+    return after

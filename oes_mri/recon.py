@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from oes_mri.errors import InputError
+from oes_mri.optim import LR_SCHEDULES
 from oes_mri.pipeline import Progress
 from oes_mri.pruning.allocation import ALLOCATIONS
 from oes_mri.pruning.oes import ESTIMATORS, LOGIT_INITS
@@ -85,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=None,
                    help="fitting steps (default 300 on the CPU, 3000 on CUDA)")
     g.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the fit (default 0.01)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=DipConfig.lr_schedule,
+                   help="learning rate over the fit: constant, or cosine from --lr to 0 over --steps "
+                   f"(default {DipConfig.lr_schedule})")
     g.add_argument("--arch", choices=ARCHS, default="hourglass", help="generator (default: OES hourglass, 3.0M)")
     g.add_argument("--dip-seed", type=int, default=0, help="generator init / input noise seed (default 0)")
     g.add_argument("--weight-mask", type=Path, default=None,
@@ -185,10 +189,10 @@ def make_config(args: argparse.Namespace):
         use_cuda_graph(graph, torch.device(device), args.compile, args.input_jitter)
     except ValueError as err:
         raise InputError(None, f"--cuda-graph: {err}")
-    dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, lr=args.lr, seed=args.dip_seed,
-                    output=args.output_iterate, compile=args.compile, amp=args.amp, steps=steps,
-                    input_jitter=args.input_jitter,
-                    cuda_graph=graph, oes_init=args.oes_init, oes_estimator=args.oes_estimator, allocation=args.allocation)
+    dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, lr=args.lr, lr_schedule=args.lr_schedule,
+                    seed=args.dip_seed, output=args.output_iterate, compile=args.compile, amp=args.amp, steps=steps,
+                    input_jitter=args.input_jitter, cuda_graph=graph, oes_init=args.oes_init,
+                    oes_estimator=args.oes_estimator, allocation=args.allocation)
     if args.mask_steps is not None:
         dip = dataclasses.replace(dip, mask_steps=args.mask_steps)
     return RunConfig(data=args.data or sample_path(), out=args.out, methods=methods, accel=args.accel,

@@ -30,10 +30,10 @@ def _slices(n=2):
     return out
 
 
-@pytest.mark.parametrize("pruning", ["dense", "oes"])
-def test_batched_fit_equals_one_at_a_time(pruning):
+@pytest.mark.parametrize("pruning,schedule", [("dense", "constant"), ("oes", "constant"), ("dense", "cosine")])
+def test_batched_fit_equals_one_at_a_time(pruning, schedule):
     xs = _slices(3)
-    cfg = dataclasses.replace(CFG, pruning=pruning)
+    cfg = dataclasses.replace(CFG, pruning=pruning, lr_schedule=schedule)
     batch = reconstruct_dip_batch(xs, cfg)
     for x, b in zip(xs, batch):
         one = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size, target=x.target)
@@ -135,6 +135,36 @@ def test_input_jitter_is_fitted_one_slice_at_a_time():
         assert b.history["losses"] == one.history["losses"]
 
 
+def test_lr_schedule_follows_the_cosine():
+    from oes_mri.optim import adam, lr_schedule
+
+    opt = adam([torch.zeros(3, requires_grad=True)], 0.02)
+    assert lr_schedule(opt, "constant", 10) is None
+    with pytest.raises(ValueError, match="cosine"):
+        lr_schedule(opt, "linear", 10)
+    after = lr_schedule(opt, "cosine", 10)
+    for t, want in [(5, 0.01), (10, 0.0), (0, 0.02), (2, 0.01 * (1 + np.cos(0.2 * np.pi)))]:
+        after(t)
+        assert opt.param_groups[0]["lr"] == pytest.approx(want, abs=1e-12)
+
+
+def test_cosine_schedule_changes_the_fit_from_the_third_step():
+    """Step 1 runs at ``lr`` in both fits; the schedule lowers the rate of step 2, so the losses
+    (taken before each update) agree for two steps and then differ."""
+    from oes_mri.solvers.dip import fit
+
+    x = _slices(1)[0]
+    cfg = dataclasses.replace(CFG, pruning="random")
+
+    def run(schedule):
+        st = sparse_dip._setup(x.kspace, x.mask, x.maps, cfg, 0, None, "")
+        return fit(st.gen, st.problem.loss, 6, 1e-2, st.weight_mask, schedule=schedule).losses
+
+    const, cos = run("constant"), run("cosine")
+    assert const[:2] == cos[:2]
+    assert all(a != b for a, b in zip(const[2:], cos[2:]))
+
+
 def test_cuda_graph_needs_cuda():
     from oes_mri.solvers.dip import fit
 
@@ -168,8 +198,9 @@ def exact_cuda():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("pruning,output", [("dense", "best"), ("random", "ema"), ("random", "last")])
-def test_cuda_graph_equals_eager(pruning, output, exact_cuda):
+@pytest.mark.parametrize("pruning,output,schedule", [("dense", "best", "constant"), ("random", "ema", "constant"),
+                                                     ("random", "last", "constant"), ("dense", "last", "cosine")])
+def test_cuda_graph_equals_eager(pruning, output, schedule, exact_cuda):
     """Replaying the step as a CUDA graph gives the eager fit's losses and outputs.
 
     At lr 1e-2 Adam's first, sign-like steps amplify rounding differences (capturable Adam's
@@ -178,7 +209,7 @@ def test_cuda_graph_equals_eager(pruning, output, exact_cuda):
     (checked on the CPU), while the loss still falls 25x, so a wrong replay cannot pass.
     """
     xs = [x._replace(kspace=x.kspace.cuda(), mask=x.mask.cuda(), maps=x.maps.cuda()) for x in _slices(2)]
-    cfg = dataclasses.replace(CFG, pruning=pruning, output=output, steps=20, lr=1e-3)
+    cfg = dataclasses.replace(CFG, pruning=pruning, output=output, steps=20, lr=1e-3, lr_schedule=schedule)
     graph = dataclasses.replace(cfg, cuda_graph=True)
     x = xs[0]
     a = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size, target=x.target)

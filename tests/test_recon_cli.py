@@ -233,23 +233,29 @@ def test_progress_lines_and_bars(tiny_file, tmp_path, caplog, capsys):
     assert "v.h5" in err and "step" in err
 
 
-def test_allocation_option_reaches_the_config(tmp_path):
+def _dip_config(tmp_path, *args):
+    """The DipConfig the CLI builds from ``args``."""
     from oes_mri.recon import build_parser, make_config
 
-    parse = lambda *a: make_config(build_parser().parse_args(["--out", str(tmp_path), *a]))  # noqa: E731
-    assert parse().settings.dip.allocation == "erk"
-    assert parse("--allocation", "global").settings.dip.allocation == "global"
+    return make_config(build_parser().parse_args(["--out", str(tmp_path), *args])).settings.dip
+
+
+@pytest.mark.parametrize("option,default,other,bad", [("allocation", "erk", "global", "layerwise"),
+                                                      ("lr_schedule", "constant", "cosine", "step")])
+def test_choice_options_reach_the_config(tmp_path, option, default, other, bad):
+    flag = "--" + option.replace("_", "-")
+    assert getattr(_dip_config(tmp_path), option) == default
+    assert getattr(_dip_config(tmp_path, flag, other), option) == other
     with pytest.raises(SystemExit):
-        parse("--allocation", "layerwise")
+        _dip_config(tmp_path, flag, bad)
 
 
 def test_input_jitter_option_reaches_the_config_and_turns_cuda_graphs_off(tmp_path):
-    from oes_mri.recon import InputError, build_parser, make_config
+    from oes_mri.recon import InputError
 
-    parse = lambda *a: make_config(build_parser().parse_args(["--out", str(tmp_path), *a]))  # noqa: E731
-    assert parse().settings.dip.input_jitter == 0
-    assert parse("--input-jitter", "0.03").settings.dip.input_jitter == 0.03
+    assert _dip_config(tmp_path).input_jitter == 0
+    assert _dip_config(tmp_path, "--input-jitter", "0.03").input_jitter == 0.03
     with pytest.raises(InputError, match="--input-jitter"):
-        parse("--input-jitter", "-1")
+        _dip_config(tmp_path, "--input-jitter", "-1")
     with pytest.raises(InputError, match="--cuda-graph"):
-        parse("--input-jitter", "0.03", "--cuda-graph")
+        _dip_config(tmp_path, "--input-jitter", "0.03", "--cuda-graph")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from oes_mri.optim import adam
+from oes_mri.optim import adam, lr_schedule
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.dip import FitResult, use_cuda_graph
 from oes_mri.solvers.loop import Record, check_finite, run_steps
@@ -40,14 +40,15 @@ def _stacked_masks(params: dict[str, torch.Tensor], masks: Sequence[WeightMask |
 def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Tensor], torch.Tensor]], steps: int,
                 lr: float = 1e-2, weight_masks: Sequence[WeightMask | None] | None = None, log_every: int = 50,
                 monitors: Sequence[Callable[[torch.Tensor], dict] | None] | None = None,
-                progress: Callable[[int, dict], None] | None = None, cuda_graph: bool = False) -> list[FitResult]:
+                progress: Callable[[int, dict], None] | None = None, cuda_graph: bool = False,
+                schedule: str = "constant") -> list[FitResult]:
     """Fit ``gens[b]`` to minimise ``loss_fns[b](gens[b]())`` for every b at once (Adam).
 
     Args:
         gens: B generators of one architecture and output size (their weights are updated
             in place at the end).
         loss_fns: B scalar data terms.
-        steps, lr, log_every, cuda_graph: as in :func:`~oes_mri.solvers.dip.fit`.
+        steps, lr, log_every, cuda_graph, schedule: as in :func:`~oes_mri.solvers.dip.fit`.
         weight_masks: B masks (``None`` entries: dense).
         monitors: B optional ``monitor(output) -> dict`` called every ``log_every`` steps.
         progress: ``progress(step, {'loss': mean loss, **monitor of the first slice})``.
@@ -75,7 +76,8 @@ def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Te
     for g in gens:
         g.train()
     base.train()
-    opt = adam(params.values(), lr, capturable=graph)
+    opt = adam(params.values(), lr, capturable=graph, scheduled=schedule != "constant")
+    after_step = lr_schedule(opt, schedule, steps)
     record, logs = Record(steps), [[] for _ in range(B)]
 
     def step() -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +97,7 @@ def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Te
         if progress is not None:
             progress(i, {**(logs[0][-1] if logs[0] else {}), "loss": sum(values) / B})
 
-    out, _ = run_steps(step, steps, record, log_every, on_log, graph)
+    out, _ = run_steps(step, steps, record, log_every, on_log, graph, after_step)
     with torch.no_grad():
         for b, g in enumerate(gens):
             for n, p in g.named_parameters():

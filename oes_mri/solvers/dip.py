@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from oes_mri.optim import adam
+from oes_mri.optim import adam, lr_schedule
 from oes_mri.physics.sense import CoilOp, SenseOp
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.loop import FitDiverged, Record, check_finite, run_steps  # noqa: F401 (FitDiverged: API)
@@ -124,15 +124,15 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         weight_mask: WeightMask | None = None, ema_decay: float | None = None, log_every: int = 50,
         monitor: Callable[[torch.Tensor], dict] | None = None,
         progress: Callable[[int, dict], None] | None = None, compile: bool = False,
-        amp: bool = False, cuda_graph: bool = False, input_jitter: float = 0.0, jitter_seed: int = 0
-        ) -> FitResult:
+        amp: bool = False, cuda_graph: bool = False, input_jitter: float = 0.0, jitter_seed: int = 0,
+        schedule: str = "constant") -> FitResult:
     """Fit ``gen`` to minimise ``loss_fn(gen())`` with Adam (in place).
 
     Args:
         gen: generator (dense, or pruned by ``weight_mask``).
         loss_fn: scalar data term of the generator output.
         steps: iterations.
-        lr: Adam learning rate.
+        lr: Adam learning rate (of the first step).
         weight_mask: kept weights; pruned ones are zeroed and stay exactly zero.
         ema_decay: if set, also return ``ema = d * ema + (1 - d) * output``.
         log_every: check for divergence, call ``monitor`` and ``progress`` every so many steps.
@@ -147,6 +147,8 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
             step (DIP's ``reg_noise_std``; 0 = off). Then ``last`` and the monitored outputs are
             at the clean input, while ``best`` and ``ema`` are of perturbed outputs.
         jitter_seed: seed of that noise.
+        schedule: learning-rate schedule over the ``steps``, "constant" or "cosine" (decays to 0;
+            :func:`oes_mri.optim.lr_schedule`).
 
     Raises:
         FitDiverged: a NaN/Inf loss (the caller retries with a smaller learning rate).
@@ -157,7 +159,8 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
     gen.train()
     clean = generator_forward(gen, compile, amp)
     forward = jittered_input(clean, gen.z, input_jitter, jitter_seed) if input_jitter else clean
-    opt = adam(gen.parameters(), lr, capturable=graph)
+    opt = adam(gen.parameters(), lr, capturable=graph, scheduled=schedule != "constant")
+    after_step = lr_schedule(opt, schedule, steps)
     record, logs = Record(steps, ema_decay), []
 
     def step() -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,7 +184,7 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
             progress(i, info)
 
     try:
-        out, _ = run_steps(step, steps, record, log_every, on_log, graph)
+        out, _ = run_steps(step, steps, record, log_every, on_log, graph, after_step)
         if input_jitter:
             with torch.no_grad():
                 out = clean().detach()

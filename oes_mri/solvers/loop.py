@@ -68,14 +68,16 @@ def check_finite(loss: torch.Tensor, step: int) -> list[float]:
 
 
 def run_steps(step: Step, steps: int, record: Record, log_every: int,
-              on_log: Callable[[int, torch.Tensor, torch.Tensor], None], cuda_graph: bool = False
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              on_log: Callable[[int, torch.Tensor, torch.Tensor], None], cuda_graph: bool = False,
+              after_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``step`` ``steps`` times, recording each; ``on_log(step, out, loss)`` every
     ``log_every`` steps and at the end. Returns the last output and loss.
 
     Args:
         cuda_graph: capture the step into a CUDA graph after :data:`WARMUP` eager steps and
             replay it (the step's tensors must live on one CUDA device).
+        after_step: ``after_step(i)`` after step i (1-based), eagerly, outside any graph (a
+            learning-rate schedule, :func:`oes_mri.optim.lr_schedule`).
     """
     def once() -> tuple[torch.Tensor, torch.Tensor]:
         out, loss = step()
@@ -98,6 +100,8 @@ def run_steps(step: Step, steps: int, record: Record, log_every: int,
                 with torch.cuda.graph(graph):
                     out, loss = once()
             graph.replay()
+        if after_step is not None:
+            after_step(i + 1)
         if (i + 1) % log_every == 0 or i + 1 == steps:
             on_log(i + 1, out, loss)
     return out.clone(), loss.clone()

@@ -43,6 +43,8 @@ class DipConfig:
         mask_steps: OES mask-learning steps (IMP: training steps per round).
         steps: fitting steps.
         lr: Adam learning rate of the fit; mask_lr: of the OES logits.
+        lr_schedule: of the fit, "constant" or "cosine" (from ``lr`` to 0 over ``steps``;
+            :func:`oes_mri.optim.lr_schedule`).
         tau, kl_weight: OES temperature and KL weight.
         oes_init: OES starting logits, "zero" (published), "density", "magnitude" or
             "density+magnitude" (see :func:`oes_mri.pruning.oes.initial_logits`).
@@ -77,6 +79,7 @@ class DipConfig:
     mask_steps: int = 100
     steps: int = 300
     lr: float = 1e-2
+    lr_schedule: str = "constant"
     mask_lr: float = 1e-2
     tau: float = 0.2
     kl_weight: float = 1e-9
@@ -211,7 +214,7 @@ def reconstruct_dip(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor
             res = fit(st.gen, st.problem.loss, cfg.steps, lr, st.weight_mask,
                       cfg.ema_decay if cfg.output == "ema" else None, cfg.log_every,
                       _monitor(st.problem, kspace, mask, target, recon_size), progress, cfg.compile, cfg.amp,
-                      cfg.cuda_graph, cfg.input_jitter, seed)
+                      cfg.cuda_graph, cfg.input_jitter, seed, cfg.lr_schedule)
             return _output(cfg, st, res, lr, time.perf_counter() - t1)
         except FitDiverged as err:
             if attempt == cfg.retries:
@@ -256,7 +259,7 @@ def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_ma
         results = fit_batched([st.gen for st in sts], [st.problem.loss for st in sts], cfg.steps, cfg.lr,
                               [st.weight_mask for st in sts], cfg.log_every,
                               [_monitor(st.problem, x.kspace, x.mask, x.target, x.recon_size)
-                               for st, x in zip(sts, xs)], progress, cfg.cuda_graph)
+                               for st, x in zip(sts, xs)], progress, cfg.cuda_graph, cfg.lr_schedule)
     except FitDiverged as err:
         log.warning("batch %s: %s; fitting its slices one at a time", slices[0].source, err)
         return one_at_a_time()
