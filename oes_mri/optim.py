@@ -11,16 +11,22 @@ LR_SCHEDULES = ("constant", "cosine")
 """``constant``: ``lr`` at every step; ``cosine``: ``lr_t = lr (1 + cos(pi t / T)) / 2`` after step t of T."""
 
 
-def adam(params: Iterable[torch.Tensor], lr: float, capturable: bool = False,
-         scheduled: bool = False) -> torch.optim.Adam:
+def adam(params: Iterable[torch.Tensor], lr: float | torch.Tensor, capturable: bool = False) -> torch.optim.Adam:
     """Adam, fused (one kernel over all tensors) where PyTorch has it (CPU, CUDA);
-    ``capturable`` keeps its step count on the device (needed inside a CUDA graph). With
-    ``capturable`` and ``scheduled`` the learning rate is a device tensor, so that a schedule's
-    writes (:func:`lr_schedule`) reach a captured step."""
+    ``capturable`` keeps its step count on the device (needed inside a CUDA graph)."""
     params = list(params)
-    device = params[0].device
-    rate = torch.tensor(float(lr), device=device) if capturable and scheduled else lr
-    return torch.optim.Adam(params, lr=rate, fused=device.type in ("cpu", "cuda"), capturable=capturable)
+    return torch.optim.Adam(params, lr=lr, fused=params[0].device.type in ("cpu", "cuda"), capturable=capturable)
+
+
+def fit_optimizer(params: Iterable[torch.Tensor], lr: float, steps: int, schedule: str = "constant",
+                  capturable: bool = False) -> tuple[torch.optim.Adam, Callable[[int], None] | None]:
+    """Adam for a fit of ``steps`` steps and the hook of its learning-rate schedule
+    (:func:`lr_schedule`). A scheduled ``capturable`` Adam gets its rate as a device tensor,
+    so that the hook's writes reach a captured step."""
+    params = list(params)
+    rate = torch.tensor(float(lr), device=params[0].device) if capturable and schedule != "constant" else lr
+    opt = adam(params, rate, capturable)
+    return opt, lr_schedule(opt, schedule, steps)
 
 
 def lr_schedule(opt: torch.optim.Optimizer, kind: str, steps: int) -> Callable[[int], None] | None:

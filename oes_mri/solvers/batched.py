@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-from oes_mri.optim import adam, lr_schedule
+from oes_mri.optim import fit_optimizer
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.dip import FitResult, use_cuda_graph
 from oes_mri.solvers.loop import Record, check_finite, run_steps
@@ -76,8 +76,7 @@ def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Te
     for g in gens:
         g.train()
     base.train()
-    opt = adam(params.values(), lr, capturable=graph, scheduled=schedule != "constant")
-    after_step = lr_schedule(opt, schedule, steps)
+    opt, after_step = fit_optimizer(params.values(), lr, steps, schedule, capturable=graph)
     record, logs = Record(steps), [[] for _ in range(B)]
 
     def step() -> tuple[torch.Tensor, torch.Tensor]:

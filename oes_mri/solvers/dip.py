@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from oes_mri.optim import adam, lr_schedule
+from oes_mri.optim import fit_optimizer
 from oes_mri.physics.sense import CoilOp, SenseOp
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.loop import FitDiverged, Record, check_finite, run_steps  # noqa: F401 (FitDiverged: API)
@@ -159,8 +159,7 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
     gen.train()
     clean = generator_forward(gen, compile, amp)
     forward = jittered_input(clean, gen.z, input_jitter, jitter_seed) if input_jitter else clean
-    opt = adam(gen.parameters(), lr, capturable=graph, scheduled=schedule != "constant")
-    after_step = lr_schedule(opt, schedule, steps)
+    opt, after_step = fit_optimizer(gen.parameters(), lr, steps, schedule, capturable=graph)
     record, logs = Record(steps, ema_decay), []
 
     def step() -> tuple[torch.Tensor, torch.Tensor]:
