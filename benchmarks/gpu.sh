@@ -25,10 +25,10 @@
 # Part 3 (the ERK layer split, the default since part 2; nothing here ran on a GPU yet):
 # 1. the CUDA tests again (rewritten after part 2);
 # 2. side by side, on the brain at 4x, 3000 fit steps: OES, random and magnitude under the
-#    ERK split at seeds 0-2, OES with 1000 mask-learning steps and OES from logits at each
-#    layer's ERK density (--oes-init density) at the same seeds, and 9000-step curves of OES
-#    and magnitude under ERK (overfitting: last iterate against peak), and of OES and dense DIP
-#    with the cosine learning-rate schedule (--set lr_schedule=cosine).
+#    ERK split at seeds 0-2 and OES with 1000 mask-learning steps at the same seeds; 9000-step
+#    curves of OES and magnitude under ERK (overfitting: last iterate against peak), of OES at
+#    densities 2 % and 1 % (do sparser subnetworks overfit less?), and of OES and dense DIP with
+#    the cosine learning-rate schedule (--set lr_schedule=cosine).
 # Every part has a time cap inside BUDGET seconds; finished rows are kept when a cap hits.
 # Results and logs are written under $OUT; with TAR=file.tar.gz they are also packed into one
 # file (without caches, masks and reconstructions). PY names the Python (default python).
@@ -39,6 +39,7 @@ BRAIN=${BRAIN:-../shared/data/brain_t1_8coil.h5}
 BUDGET=${BUDGET:-430}
 DEVICE=${DEVICE:-cuda}
 KNEE_SLICES=${KNEE_SLICES:-2}
+PCAP=${PCAP:-300}  # part 3: cap of each side-by-side run
 start=$(date +%s)
 cap() {  # seconds for the next part: its own cap or what is left of the budget
     local left=$((BUDGET - ($(date +%s) - start)))
@@ -120,15 +121,19 @@ part2() {
 part3() {
     run tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_fit.py -k cuda
     for seed in 0 1 2; do
-        run q_erk_seed$seed 300 $Q --experiments table,ablation --table-methods oes,random,magnitude \
-            --ablations mask_steps=$MASK oes_init=density --set seed=$seed --out "$OUT/q_erk_seed$seed" &
+        run q_erk_seed$seed $PCAP $Q --experiments table,ablation --table-methods oes,random,magnitude \
+            --ablations mask_steps=$MASK --set seed=$seed --out "$OUT/q_erk_seed$seed" &
     done
     for m in oes magnitude; do
-        run q_erk_curve_$m 300 $Q --experiments curves --curve-methods $m --curve-steps $LONG \
+        run q_erk_curve_$m $PCAP $Q --experiments curves --curve-methods $m --curve-steps $LONG \
             --out "$OUT/q_erk_curve_$m" &
     done
+    for d in 0.02 0.01; do
+        run q_erk_curve_d$d $PCAP $Q --experiments curves --curve-methods oes --curve-steps $LONG \
+            --set density=$d --out "$OUT/q_erk_curve_d$d" &
+    done
     for m in oes dip; do
-        run q_cos_curve_$m 300 $Q --experiments curves --curve-methods $m --curve-steps $LONG \
+        run q_cos_curve_$m $PCAP $Q --experiments curves --curve-methods $m --curve-steps $LONG \
             --set lr_schedule=cosine --out "$OUT/q_cos_curve_$m" &
     done
     wait

@@ -197,17 +197,28 @@ def exact_cuda():
      torch.backends.cuda.matmul.allow_tf32) = flags
 
 
+GRAPH_GAP = 5e-2
+"""Largest ``max_t |log loss_t - log loss'_t|`` allowed between an eager and a replayed CUDA fit.
+
+CUDA fits are not bit-reproducible, not even eager against eager with deterministic cuDNN, and
+Adam's first, sign-like steps (``lr * g / (|g| + eps)``) amplify rounding in near-zero gradients.
+Measured on an H100 over these 20 steps at lr 1e-3 (session 7): eager against eager up to 8e-3,
+eager against graph up to 9e-3 (1.4e-2 batched). A replay that followed the other learning-rate
+schedule differed by 0.35-0.39 (H100 and CPU); one that skipped the update would not lower the loss.
+"""
+
+
+def _log_gap(p: list[float], q: list[float]) -> float:
+    """``max_t |log p_t - log q_t|``: the largest relative difference of two loss curves."""
+    return float(np.max(np.abs(np.log(p) - np.log(q))))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 @pytest.mark.parametrize("pruning,output,schedule", [("dense", "best", "constant"), ("random", "ema", "constant"),
                                                      ("random", "last", "constant"), ("dense", "last", "cosine")])
 def test_cuda_graph_equals_eager(pruning, output, schedule, exact_cuda):
-    """Replaying the step as a CUDA graph gives the eager fit's losses and outputs.
-
-    At lr 1e-2 Adam's first, sign-like steps amplify rounding differences (capturable Adam's
-    device-side bias correction, TF32) to percent-level loss differences within three steps
-    (seen on an H200); at lr 1e-3 a 1e-6 perturbation of the data moves the losses by < 1e-5
-    (checked on the CPU), while the loss still falls 25x, so a wrong replay cannot pass.
-    """
+    """Replaying the step as a CUDA graph gives the eager fit's losses and outputs, to rounding
+    as Adam amplifies it (:data:`GRAPH_GAP`); a scheduled replay follows its own schedule."""
     xs = [x._replace(kspace=x.kspace.cuda(), mask=x.mask.cuda(), maps=x.maps.cuda()) for x in _slices(2)]
     cfg = dataclasses.replace(CFG, pruning=pruning, output=output, steps=20, lr=1e-3, lr_schedule=schedule)
     graph = dataclasses.replace(cfg, cuda_graph=True)
@@ -215,11 +226,15 @@ def test_cuda_graph_equals_eager(pruning, output, schedule, exact_cuda):
     a = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size, target=x.target)
     b = reconstruct_dip(x.kspace, x.mask, x.maps, graph, x.recon_size, target=x.target)
     assert a.history["losses"][-1] < 0.1 * a.history["losses"][0]
-    assert np.allclose(a.history["losses"], b.history["losses"], rtol=1e-3)
-    assert (a.coil_images - b.coil_images).abs().max() <= 1e-3 * a.coil_images.abs().max()
+    assert _log_gap(a.history["losses"], b.history["losses"]) < GRAPH_GAP
+    assert (a.coil_images - b.coil_images).abs().max() <= GRAPH_GAP * a.coil_images.abs().max()
+    if schedule != "constant":
+        c = reconstruct_dip(x.kspace, x.mask, x.maps, dataclasses.replace(cfg, lr_schedule="constant"),
+                            x.recon_size)
+        assert _log_gap(b.history["losses"], c.history["losses"]) > 5 * GRAPH_GAP
     if output != "ema":                                         # batched: not with ema
         for p, q in zip(reconstruct_dip_batch(xs, cfg), reconstruct_dip_batch(xs, graph)):
-            assert np.allclose(p.history["losses"], q.history["losses"], rtol=1e-3)
+            assert _log_gap(p.history["losses"], q.history["losses"]) < GRAPH_GAP
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
