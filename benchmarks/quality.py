@@ -244,8 +244,10 @@ def plots(rows: list[dict], out: Path) -> list[str]:
         colours = plt.get_cmap("tab20").colors
         for i, r in enumerate(curves):
             c = np.asarray(r["curve"])
-            label = {"oes": "Sparse-DIP (OES 5 %)", "dip": "dense DIP"}.get(r["method"], r["method"] + " 5 %")
-            label += "".join(f", {v}" for v in r["variant"].split())          # steps and --set changes
+            sets = dict(v.split("=", 1) for v in r["variant"].split() if "=" in v)
+            pct = f"{100 * float(sets.pop('density', DipConfig.density)):g} %"
+            label = {"oes": f"Sparse-DIP (OES {pct})", "dip": "dense DIP"}.get(r["method"], f"{r['method']} {pct}")
+            label += "".join(f", {k}={v}" for k, v in sets.items())           # steps and --set changes
             style = {"c": colours[i % len(colours)], "ls": ("-", "--", ":")[i // len(colours) % 3], "lw": 1}
             axes[0].plot(c[:, 0], c[:, 1], label=label, **style)                  # past 20 curves: dashed
             axes[1].plot(c[:, 0], c[:, 2], **style)
