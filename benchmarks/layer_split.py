@@ -19,7 +19,7 @@ import torch
 from quality import default_files, prepare
 
 from oes_mri.atomic import atomic_write_bytes
-from oes_mri.solvers.sparse_dip import DipConfig, _setup
+from oes_mri.solvers.sparse_dip import DipConfig, setup_fit
 
 ROOT = Path(__file__).resolve().parent
 MASKS = ["oes:global", "random:global", "magnitude:global", "oes:erk", "random:erk", "magnitude:erk"]
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         pruning, _, allocation = spec.partition(":")
         cfg = dataclasses.replace(DipConfig(), pruning=pruning, allocation=allocation or "global",
                                   density=args.density)
-        st = _setup(x.kspace, x.mask, x.maps, cfg, cfg.seed, None, case.name)
+        st = setup_fit(x.kspace, x.mask, x.maps, cfg, cfg.seed, None, case.name)
         cols[spec] = st.weight_mask.layer_densities()
         sizes = {n: m.numel() for n, m in st.weight_mask.masks.items()}
         print(f"  {spec}: done", flush=True)

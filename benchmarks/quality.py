@@ -37,7 +37,7 @@ import torch
 from oes_mri.atomic import atomic_write_bytes
 from oes_mri.data.fastmri_io import read_info
 from oes_mri.data.sample import cache_dir, sample_path
-from oes_mri.methods import MethodSettings, SliceInput, run_method
+from oes_mri.methods import METHODS, MethodSettings, SliceInput, run_method
 from oes_mri.metrics import volume_metrics
 from oes_mri.physics.coils import MapCache
 from oes_mri.pipeline import RunConfig, prepare_slice, volume_sampling_mask
@@ -215,7 +215,7 @@ def fmt(v, spec: str) -> str:
 
 
 def table_md(rows: list[dict], experiment: str) -> str:
-    order = ["zf", "sense", "l1", "tv", "dip", "oes", "random", "magnitude", "snip", "imp"]
+    order = list(METHODS)
     rank = lambda r: (r["data"], r["accel"], order.index(r["method"]) if r["method"] in order else len(order),  # noqa: E731
                       r["variant"] != "default")                      # then run order
     sel = sorted((r for r in rows if r["experiment"] == experiment), key=rank)

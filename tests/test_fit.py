@@ -49,7 +49,7 @@ def test_batched_fit_keeps_pruned_weights_zero():
     from oes_mri.solvers.batched import fit_batched
 
     xs = _slices(2)
-    sts = [sparse_dip._setup(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="random"), 0, None, "")
+    sts = [sparse_dip.setup_fit(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="random"), 0, None, "")
            for x in xs]
     fit_batched([s.gen for s in sts], [s.problem.loss for s in sts], 10, 1e-2, [s.weight_mask for s in sts])
     for s in sts:
@@ -93,7 +93,7 @@ def test_amp_fit_runs_in_bf16_and_returns_fp32():
     cfg = dataclasses.replace(CFG, pruning="dense", amp=True)
     out = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
     assert out.coil_images.dtype == torch.complex64 and torch.isfinite(out.coil_images).all()
-    st = sparse_dip._setup(x.kspace, x.mask, x.maps, cfg, 0, None, "")
+    st = sparse_dip.setup_fit(x.kspace, x.mask, x.maps, cfg, 0, None, "")
     seen = []
     st.gen.net.out.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     assert generator_forward(st.gen, amp=True)().dtype == torch.complex64
@@ -109,7 +109,7 @@ def test_input_jitter_is_seeded_and_returns_the_clean_output():
     cfg = dataclasses.replace(CFG, pruning="random")
 
     def run(jitter, seed):
-        st = sparse_dip._setup(x.kspace, x.mask, x.maps, cfg, 0, None, "")
+        st = sparse_dip.setup_fit(x.kspace, x.mask, x.maps, cfg, 0, None, "")
         res = fit(st.gen, st.problem.loss, 6, 1e-2, st.weight_mask, input_jitter=jitter, jitter_seed=seed)
         return st, res
 
@@ -157,7 +157,7 @@ def test_cosine_schedule_changes_the_fit_from_the_third_step():
     cfg = dataclasses.replace(CFG, pruning="random")
 
     def run(schedule):
-        st = sparse_dip._setup(x.kspace, x.mask, x.maps, cfg, 0, None, "")
+        st = sparse_dip.setup_fit(x.kspace, x.mask, x.maps, cfg, 0, None, "")
         return fit(st.gen, st.problem.loss, 6, 1e-2, st.weight_mask, schedule=schedule).losses
 
     const, cos = run("constant"), run("cosine")
@@ -169,7 +169,7 @@ def test_cuda_graph_needs_cuda():
     from oes_mri.solvers.dip import fit
 
     x = _slices(1)[0]
-    st = sparse_dip._setup(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="dense"), 0, None, "")
+    st = sparse_dip.setup_fit(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="dense"), 0, None, "")
     with pytest.raises(ValueError, match="CUDA"):
         fit(st.gen, st.problem.loss, 3, cuda_graph=True)
 
@@ -179,7 +179,7 @@ def test_cuda_graph_refuses_input_jitter():
     from oes_mri.solvers.dip import fit
 
     x = _slices(1)[0]
-    st = sparse_dip._setup(x.kspace.cuda(), x.mask.cuda(), x.maps.cuda(), dataclasses.replace(CFG, pruning="dense"),
+    st = sparse_dip.setup_fit(x.kspace.cuda(), x.mask.cuda(), x.maps.cuda(), dataclasses.replace(CFG, pruning="dense"),
                            0, None, "")
     with pytest.raises(ValueError, match="input_jitter"):
         fit(st.gen, st.problem.loss, 3, cuda_graph=True, input_jitter=0.05)
@@ -243,7 +243,7 @@ def test_cuda_graph_keeps_pruned_weights_zero():
 
     x = _slices(1)[0]
     x = x._replace(kspace=x.kspace.cuda(), mask=x.mask.cuda(), maps=x.maps.cuda())
-    st = sparse_dip._setup(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="random"), 0, None, "")
+    st = sparse_dip.setup_fit(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="random"), 0, None, "")
     fit(st.gen, st.problem.loss, 10, 1e-2, st.weight_mask, cuda_graph=True)
     params = dict(st.gen.named_parameters())
     for n, m in st.weight_mask.masks.items():

@@ -144,17 +144,33 @@ def _monitor(problem, kspace, mask, target, recon_size) -> Callable | None:
     return mon
 
 
-class _Setup(NamedTuple):
+class FitSetup(NamedTuple):
+    """What a fit starts from (:func:`setup_fit`)."""
     gen: nn.Module
+    """the generator at its random init (weights not yet masked)"""
     problem: KspaceProblem
+    """the data term, k-space scaled to the generator's initial output"""
     weight_mask: WeightMask | None
+    """the pruning mask (given, or made by ``cfg.pruning``); ``None`` for dense DIP"""
     mask_losses: list[float]
+    """OES mask-learning losses (empty when no mask was learned)"""
     mask_seconds: float
+    """seconds to build the generator, the problem and the mask"""
 
 
-def _setup(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | None, cfg: DipConfig, seed: int,
-           weight_mask: WeightMask | None, source: str) -> _Setup:
-    """Generator from ``seed``, the scaled problem, and the weight mask (given or made)."""
+def setup_fit(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | None, cfg: DipConfig, seed: int,
+              weight_mask: WeightMask | None = None, source: str = "") -> FitSetup:
+    """The generator from ``seed``, the scaled problem, and the weight mask (``weight_mask``, or
+    made by ``cfg.pruning``: OES mask learning, a pruning baseline, or none): everything
+    :func:`reconstruct_dip` fits, for callers that inspect or fit it themselves.
+
+    Args:
+        kspace: undersampled k-space ``(C, H, W)``; mask: broadcastable to it; maps: ``(C, H, W)``
+            coil maps, or ``None`` for sensitivity-free fitting; source: recorded in the mask's metadata.
+
+    Raises:
+        ValueError: an unknown ``cfg.pruning``.
+    """
     if cfg.pruning not in PRUNINGS:
         raise ValueError(f"unknown pruning {cfg.pruning!r}; one of {PRUNINGS}")
     t0 = time.perf_counter()
@@ -168,7 +184,7 @@ def _setup(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | None, 
     wm = weight_mask
     if wm is None:
         wm, mask_losses = _make_mask(cfg, gen, problem, meta)
-    return _Setup(gen, problem, wm, mask_losses, time.perf_counter() - t0)
+    return FitSetup(gen, problem, wm, mask_losses, time.perf_counter() - t0)
 
 
 def _init_seed(cfg: DipConfig, weight_mask: WeightMask | None) -> int:
@@ -177,7 +193,7 @@ def _init_seed(cfg: DipConfig, weight_mask: WeightMask | None) -> int:
     return cfg.seed
 
 
-def _output(cfg: DipConfig, st: _Setup, res: FitResult, lr: float, fit_seconds: float) -> DipOutput:
+def _output(cfg: DipConfig, st: FitSetup, res: FitResult, lr: float, fit_seconds: float) -> DipOutput:
     out = {"best": res.best, "last": res.last, "ema": res.ema if res.ema is not None else res.last}[cfg.output]
     problem = st.problem
     history = {"losses": res.losses, "monitor": res.monitor, "mask_losses": st.mask_losses,
@@ -208,7 +224,7 @@ def reconstruct_dip(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor
     maps = None if cfg.sensitivity_free else maps
     seed, lr = _init_seed(cfg, weight_mask), cfg.lr
     for attempt in range(cfg.retries + 1):
-        st = _setup(kspace, mask, maps, cfg, seed, weight_mask, source)
+        st = setup_fit(kspace, mask, maps, cfg, seed, weight_mask, source)
         t1 = time.perf_counter()
         try:
             res = fit(st.gen, st.problem.loss, cfg.steps, lr, st.weight_mask,
@@ -253,7 +269,7 @@ def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_ma
         return one_at_a_time()
     seed = _init_seed(cfg, weight_mask)
     xs = [x._replace(maps=None) if cfg.sensitivity_free else x for x in slices]
-    sts = [_setup(x.kspace, x.mask, x.maps, cfg, seed, weight_mask, x.source) for x in xs]
+    sts = [setup_fit(x.kspace, x.mask, x.maps, cfg, seed, weight_mask, x.source) for x in xs]
     t1 = time.perf_counter()
     try:
         results = fit_batched([st.gen for st in sts], [st.problem.loss for st in sts], cfg.steps, cfg.lr,
