@@ -22,7 +22,7 @@
 # 3. side by side: the knee-size volume again (CUDA graphs), and on the brain at 4x, 3000 fit
 #    steps: the method table and mask_steps=1000 at two more seeds (seed spread), and 9000-step
 #    curves of magnitude pruning and of OES with 1000 mask-learning steps.
-# Part 3 (the ERK layer split, the default since part 2; nothing here ran on a GPU yet):
+# Part 3 (the ERK layer split, the default since part 2; ran on an H100 in session 7):
 # 1. the CUDA tests again (rewritten after part 2);
 # 2. side by side, on the brain at 4x, 3000 fit steps: OES, random and magnitude under the
 #    ERK split at seeds 0-2 and OES with 1000 mask-learning steps at the same seeds; 9000-step
