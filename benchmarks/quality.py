@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from oes_mri.atomic import atomic_write_bytes
-from oes_mri.data.fastmri_io import read_info
+from oes_mri.data.volumes import read_info
 from oes_mri.data.sample import cache_dir, sample_path
 from oes_mri.methods import METHODS, MethodSettings, SliceInput, run_method
 from oes_mri.metrics import volume_metrics

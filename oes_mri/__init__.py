@@ -5,7 +5,8 @@ Public API::
     from oes_mri import fft2c, ifft2c, SenseOp, CoilOp, load_volume, sample_path
 """
 
-from oes_mri.data.fastmri_io import Volume, load_volume, read_info, write_reconstruction
+from oes_mri.data.fastmri_io import Volume, write_reconstruction
+from oes_mri.data.volumes import load_volume, read_info
 from oes_mri.data.sample import sample_path
 from oes_mri.errors import InputError
 from oes_mri.physics.fft import center_crop, fft2c, ifft2c, rss

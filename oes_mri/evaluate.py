@@ -3,7 +3,8 @@
 For every target file (``reconstruction_rss`` or ``reconstruction_esc``) with a prediction of
 the same name (dataset ``reconstruction``), compute the fastMRI volume metrics
 (:func:`oes_mri.metrics.volume_metrics`) and print one row per volume and the mean.
-Exit code 2 with one line on stderr for a missing folder or an unreadable file.
+A target without a prediction gets a warning line. Exit code 2 with one line on stderr for a
+missing folder, an unreadable file, or a prediction with NaN/Inf values.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from oes_mri.data.fastmri_io import list_volumes
+from oes_mri.data.volumes import list_volumes
 from oes_mri.errors import InputError
 from oes_mri.metrics import VolumeMetrics, volume_metrics
 
@@ -37,11 +38,14 @@ def evaluate(target_dir: Path, pred_dir: Path, square_crop: bool = False) -> dic
     for t in list_volumes(target_dir):
         p = pred_dir / t.name
         if not p.exists():
+            print(f"warning: {p}: no prediction for target {t}", file=sys.stderr)
             continue
         target = _read(t, ("reconstruction_rss", "reconstruction_esc"))
         pred = _read(p, ("reconstruction",))
         if target.shape != pred.shape:
             raise InputError(p, f"reconstruction has shape {pred.shape} but the target {target.shape}")
+        if not np.isfinite(pred).all():
+            raise InputError(p, "reconstruction holds NaN or Inf values")
         out[t.name] = volume_metrics(target, pred, square_crop)
     if not out:
         raise InputError(pred_dir, f"no prediction matches a target file of {target_dir}")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import xml.etree.ElementTree as etree
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -28,6 +28,8 @@ from oes_mri.atomic import atomic_path
 from oes_mri.errors import InputError
 from oes_mri.physics.masks import SamplingMask, mask_from_array
 
+MIN_GRID = 4                 # a k-space side below this cannot be undersampled
+MAX_SLICE_BYTES = 4 * 2**30  # a fastMRI knee slice is 28 MB; more is a corrupt header
 TARGET_KEYS = {"multicoil": "reconstruction_rss", "singlecoil": "reconstruction_esc"}
 
 
@@ -48,7 +50,11 @@ class Header(NamedTuple):
 
 
 class VolumeInfo(NamedTuple):
-    """What a file holds, read without loading k-space."""
+    """What a file holds, read without loading k-space.
+
+    ``format`` is the file's kind ("fastmri", "ismrmrd", "twix"); ``voxel_size`` the
+    ``(readout, phase-encode, slice)`` spacing in mm on the recon grid when the header says it.
+    """
 
     path: Path
     challenge: str
@@ -59,6 +65,8 @@ class VolumeInfo(NamedTuple):
     has_target: bool
     mask: SamplingMask | None
     attrs: dict
+    format: str = "fastmri"
+    voxel_size: tuple[float, float, float] | None = None
 
 
 class Volume(NamedTuple):
@@ -99,13 +107,14 @@ def _short(err: BaseException) -> str:
 
 
 def _parse_header(path: Path, hf: h5py.File, shape: tuple[int, int],
-                  target_shape: tuple[int, int] | None) -> Header:
-    """Header geometry; without an ISMRMRD header: encoded = k-space, recon = target or k-space."""
+                  target_shape: tuple[int, int] | None) -> tuple[Header, tuple[float, float, float] | None]:
+    """Header geometry and voxel size (mm, from the recon space's field of view and matrix);
+    without an ISMRMRD header: encoded = k-space, recon = target or k-space, no voxel size."""
     from fastmri.data.mri_data import et_query
 
     if "ismrmrd_header" not in hf:
         recon = target_shape or shape
-        return Header(shape, recon, 0, shape[1])
+        return Header(shape, recon, 0, shape[1]), None
     try:
         root = etree.fromstring(hf["ismrmrd_header"][()])
         enc = ["encoding", "encodedSpace", "matrixSize"]
@@ -121,11 +130,23 @@ def _parse_header(path: Path, hf: h5py.File, shape: tuple[int, int],
     recon = target_shape or recon
     if recon[0] > shape[0] or recon[1] > shape[1]:
         raise InputError(path, f"recon size {recon} is larger than the k-space {shape}")
-    return Header(shape, recon, padding_left, padding_left + maximum)
+    return Header(shape, recon, padding_left, padding_left + maximum), _voxel_size(root, recon)
 
 
-def read_info(path: str | os.PathLike, challenge: str | None = None) -> VolumeInfo:
-    """Read a file's layout, header and mask without loading k-space.
+def _voxel_size(root: etree.Element, recon: tuple[int, int]) -> tuple[float, float, float] | None:
+    """``(fov_x / rH, fov_y / rW, fov_z)`` in mm from the recon space, ``None`` if absent."""
+    from fastmri.data.mri_data import et_query
+
+    fov = ["encoding", "reconSpace", "fieldOfView_mm"]
+    try:
+        x, y, z = (float(et_query(root, fov + [a])) for a in "xyz")
+    except (RuntimeError, ValueError, TypeError):
+        return None
+    return (x / recon[0], y / recon[1], z) if min(x, y, z) > 0 else None
+
+
+def read_fastmri_info(path: str | os.PathLike, challenge: str | None = None) -> VolumeInfo:
+    """Read a fastMRI file's layout, header and mask without loading k-space.
 
     Args:
         path: fastMRI HDF5 file.
@@ -154,8 +175,15 @@ def read_info(path: str | os.PathLike, challenge: str | None = None) -> VolumeIn
         num_slices = ds.shape[0]
         num_coils = ds.shape[1] if challenge == "multicoil" else 1
         shape = (int(ds.shape[-2]), int(ds.shape[-1]))
-        if num_slices == 0 or min(shape) == 0:
-            raise InputError(path, f"'kspace' is empty (shape {ds.shape})")
+        if num_slices == 0 or num_coils == 0 or min(shape) == 0:
+            what = "0 coils" if num_coils == 0 else "0 slices" if num_slices == 0 else "an empty grid"
+            raise InputError(path, f"'kspace' has {what} (shape {ds.shape})")
+        if min(shape) < MIN_GRID:
+            raise InputError(path, f"'kspace' grid {shape} is too small to undersample (each side >= {MIN_GRID})")
+        slice_bytes = int(np.prod(ds.shape[1:], dtype=np.float64)) * ds.dtype.itemsize
+        if slice_bytes > MAX_SLICE_BYTES:
+            raise InputError(path, f"'kspace' claims {slice_bytes / 2**30:.1f} GiB per slice (shape {ds.shape}); "
+                                   "corrupt header?")
         tkey = TARGET_KEYS[challenge]
         target_shape = None
         if tkey in hf:
@@ -169,10 +197,10 @@ def read_info(path: str | os.PathLike, challenge: str | None = None) -> VolumeIn
                 mask = mask_from_array(hf["mask"][()], shape, source="mask")
             except ValueError as err:
                 raise InputError(path, str(err))
-        header = _parse_header(path, hf, shape, target_shape)
+        header, voxel = _parse_header(path, hf, shape, target_shape)
         attrs = {k: _plain(v) for k, v in hf.attrs.items()}
     return VolumeInfo(path, challenge, num_slices, num_coils, shape, header,
-                      target_shape is not None, mask, attrs)
+                      target_shape is not None, mask, attrs, "fastmri", voxel)
 
 
 def _plain(value):
@@ -186,7 +214,8 @@ def _plain(value):
     return value
 
 
-def _check_kspace(path: Path, kspace: np.ndarray, index: int) -> None:
+def check_kspace(path: Path, kspace: np.ndarray, index: int) -> None:
+    """Raise :class:`InputError` for NaN/Inf or all-zero k-space of slice ``index``."""
     if not np.isfinite(kspace).all():
         raise InputError(path, f"'kspace' slice {index} contains NaN or Inf values")
     if not np.any(kspace):
@@ -201,8 +230,8 @@ def _read(path: Path, key: str, sel) -> np.ndarray:
         raise InputError(path, f"cannot read '{key}' (truncated or corrupt file?): {_short(err)}")
 
 
-def load_slice(info: VolumeInfo, index: int) -> tuple[torch.Tensor, np.ndarray | None]:
-    """One slice: k-space ``[coils, H, W]`` complex64 and target ``[rH, rW]`` or ``None``.
+def load_fastmri_slice(info: VolumeInfo, index: int) -> tuple[torch.Tensor, np.ndarray | None]:
+    """One slice of a fastMRI file: k-space ``[coils, H, W]`` complex64 and target ``[rH, rW]`` or ``None``.
 
     Raises:
         InputError: for NaN/Inf or all-zero k-space, or an unreadable dataset.
@@ -210,78 +239,13 @@ def load_slice(info: VolumeInfo, index: int) -> tuple[torch.Tensor, np.ndarray |
     if not 0 <= index < info.num_slices:
         raise InputError(info.path, f"slice {index} out of range (0..{info.num_slices - 1})")
     k = np.asarray(_read(info.path, "kspace", index), dtype=np.complex64)
-    _check_kspace(info.path, k, index)
+    check_kspace(info.path, k, index)
     if info.challenge == "singlecoil":
         k = k[None]
     target = None
     if info.has_target:
         target = np.asarray(_read(info.path, TARGET_KEYS[info.challenge], index), np.float32)
     return torch.from_numpy(np.ascontiguousarray(k)), target
-
-
-def parse_slices(spec: str | None, num_slices: int) -> list[int]:
-    """``"10:20"``, ``"3"``, ``"0,4,7"`` or ``None`` (all) -> slice indices.
-
-    Raises:
-        ValueError: for a malformed or out-of-range spec.
-    """
-    if spec is None or spec in ("", "all", ":"):
-        return list(range(num_slices))
-    out: list[int] = []
-    for part in spec.split(","):
-        if ":" in part:
-            a, b = part.split(":", 1)
-            start = int(a) if a else 0
-            stop = int(b) if b else num_slices
-            out.extend(range(start, min(stop, num_slices)))
-        else:
-            out.append(int(part))
-    if not out or any(i < 0 or i >= num_slices for i in out):
-        raise ValueError(f"slices {spec!r} do not fit a volume of {num_slices} slices")
-    return sorted(set(out))
-
-
-def load_volume(path: str | os.PathLike, slices: Sequence[int] | None = None,
-                challenge: str | None = None) -> Volume:
-    """Load a fastMRI volume.
-
-    Args:
-        path: fastMRI HDF5 file.
-        slices: slice indices (default all).
-        challenge: "multicoil" / "singlecoil" (default: from the file).
-
-    Returns:
-        a :class:`Volume`; ``kspace`` is ``[slices, coils, H, W]`` complex64.
-    """
-    info = read_info(path, challenge)
-    idx = list(range(info.num_slices)) if slices is None else list(slices)
-    pairs = [load_slice(info, i) for i in idx]
-    kspace = torch.stack([k for k, _ in pairs])
-    target = np.stack([t for _, t in pairs]) if info.has_target else None
-    return Volume(kspace, target, info.mask, info.header.recon_size, info.attrs, info)
-
-
-def list_volumes(path: str | os.PathLike) -> list[Path]:
-    """A file, or the sorted ``*.h5`` files of a folder.
-
-    Raises:
-        InputError: when the path does not exist or the folder holds no ``.h5`` file.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputError(path, "file not found")
-    if path.is_dir():
-        files = sorted(p for p in path.glob("*.h5") if p.is_file())
-        if not files:
-            raise InputError(path, "folder holds no .h5 files")
-        return files
-    return [path]
-
-
-def iter_volumes(path: str | os.PathLike, challenge: str | None = None) -> Iterator[VolumeInfo]:
-    """:func:`read_info` for each volume of a file or folder."""
-    for f in list_volumes(path):
-        yield read_info(f, challenge)
 
 
 def atomic_h5(path: str | os.PathLike, datasets: dict[str, np.ndarray], attrs: dict | None = None) -> None:

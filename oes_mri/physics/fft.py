@@ -3,7 +3,7 @@
 The fastMRI convention: ``image = fftshift(ifft2(ifftshift(k), norm="ortho"))`` over the last
 two dimensions. These functions act on ``torch.complex64`` tensors of shape ``(..., H, W)``
 (fastMRI's own ``fastmri.fft2c`` acts on the real view ``(..., H, W, 2)``; the results are
-equal to float precision, see ``tests/physics/test_fft.py``).
+equal to float precision, see ``tests/test_fft.py``).
 """
 
 from __future__ import annotations
@@ -73,3 +73,29 @@ def center_crop(x: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     top = (H - h) // 2
     left = (W - w) // 2
     return x[..., top : top + h, left : left + w]
+
+
+def crop_readout(kspace: torch.Tensor, size: int) -> torch.Tensor:
+    """Remove readout oversampling: keep the central ``size`` pixels of the field of view
+    along the readout (dimension ``-2``) and return to k-space.
+
+    ``k' = F_1 C F_1^{-1} k`` with ``F_1`` the centred orthonormal 1-D DFT along the readout
+    and ``C`` the centre crop (the :func:`center_crop` rule), so the image of ``k'`` under
+    :func:`ifft2c` is the centre ``size`` rows of the image of ``k``, with the same values.
+    (twixtools' ``remove_os`` uses unnormalised transforms: its k-space is this one times
+    ``sqrt(size / H)``.)
+
+    Args:
+        kspace: complex tensor ``(..., H, W)``, fully sampled along ``H``.
+        size: rows kept, ``size <= H``.
+
+    Returns:
+        complex tensor ``(..., size, W)``.
+    """
+    H = kspace.shape[-2]
+    if not 0 < size <= H:
+        raise ValueError(f"cannot crop a readout of {H} to {size}")
+    x = torch.fft.fftshift(torch.fft.ifft(torch.fft.ifftshift(kspace, dim=-2), dim=-2, norm="ortho"), dim=-2)
+    top = (H - size) // 2
+    x = x[..., top:top + size, :]
+    return torch.fft.fftshift(torch.fft.fft(torch.fft.ifftshift(x, dim=-2), dim=-2, norm="ortho"), dim=-2)
