@@ -45,7 +45,7 @@ class MethodResult(NamedTuple):
 
 def parse_methods(spec: str) -> list[str]:
     """``"oes,sense,zf"`` or ``"all"`` -> method names (validated, order kept)."""
-    names = [m.strip() for m in spec.split(",") if m.strip()]
+    names = list(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))   # once each, order kept
     if names == ["all"]:
         return list(METHODS)
     bad = [m for m in names if m not in METHODS]

@@ -11,11 +11,15 @@ where it stopped and gives the same final files. The final files are written ato
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
+import hashlib
 import io
 import json
 import logging
+import math
 import shutil
 import time
 from pathlib import Path
@@ -25,9 +29,12 @@ import numpy as np
 import torch
 
 from oes_mri.atomic import atomic_write_bytes
-from oes_mri.data.fastmri_io import VolumeInfo, list_volumes, load_slice, parse_slices, read_info, write_reconstruction
+from oes_mri.data.fastmri_io import VolumeInfo, write_reconstruction
+from oes_mri.data.volumes import list_volumes, load_slice, parse_slices, read_info
+from oes_mri.data.nifti_io import write_nifti
 from oes_mri.data.sample import cache_dir
 from oes_mri.errors import InputError
+from oes_mri.fileid import file_identity
 from oes_mri.methods import UNTRAINED, MethodSettings, SliceInput, run_batch, run_method
 from oes_mri.metrics import volume_metrics
 from oes_mri.physics.coils import MapCache, estimate_maps, map_cache_key
@@ -37,6 +44,7 @@ from oes_mri.solvers.combine import dc_rss
 
 log = logging.getLogger("oes_mri")
 
+NIFTI = ".nii.gz"
 RECORD_KEYS = ("file", "method", "acceleration", "center_fraction", "slices", "nmse", "psnr", "ssim",
                "seconds", "device")
 
@@ -67,7 +75,7 @@ class RunConfig:
     methods: list[str]
     accel: float = 4.0
     center_fraction: float | None = None
-    mask_kind: str = "random"
+    mask_kind: str = "auto"
     seed: int | None = None
     slices: str | None = None
     challenge: str | None = None
@@ -77,6 +85,7 @@ class RunConfig:
     device: str = "cpu"
     overwrite: bool = False
     batch_slices: int = 1
+    nifti: bool = False
 
     def fingerprint(self, method: str) -> dict:
         """The settings that determine a method's output (checked on resume)."""
@@ -96,22 +105,32 @@ class RunConfig:
         return json.loads(json.dumps(fp, default=str))
 
 
+def sampling_kind(cfg: RunConfig, info: VolumeInfo) -> str:
+    """The mask kind a volume gets: ``auto`` is the file's own mask when it has one
+    (prospectively undersampled data, fastMRI test files), else fastMRI's random mask."""
+    if cfg.mask_kind == "auto":
+        return "file" if info.mask is not None else "random"
+    return cfg.mask_kind
+
+
 def center_fraction(cfg: RunConfig, info: VolumeInfo, smask: SamplingMask | None) -> float:
     """The centre fraction a run used: the given one, fastMRI's default, or (``file`` masks)
     the calibration width over the k-space width."""
-    if cfg.mask_kind == "file":
+    if sampling_kind(cfg, info) == "file":
         return smask.acs_width / info.shape[1]
     return default_center_fraction(cfg.accel) if cfg.center_fraction is None else cfg.center_fraction
 
 
 def volume_sampling_mask(info: VolumeInfo, cfg: RunConfig) -> SamplingMask:
     """The volume's mask: the file's own (``file``) or a new one (fastMRI per-volume seed)."""
-    if cfg.mask_kind == "file":
+    kind = sampling_kind(cfg, info)
+    if kind == "file":
         if info.mask is None:
-            raise InputError(info.path, "--mask file given but the file holds no 'mask' dataset")
+            raise InputError(info.path, "--mask file given but the file holds no 'mask' dataset "
+                                        "(it is fully sampled)")
         return info.mask
     seed = volume_seed(info.path.name) if cfg.seed is None else cfg.seed
-    return make_mask(cfg.mask_kind, info.shape, cfg.accel, center_fraction(cfg, info, None), seed)
+    return make_mask(kind, info.shape, cfg.accel, center_fraction(cfg, info, None), seed)
 
 
 def prepare_slice(info: VolumeInfo, smask: SamplingMask, index: int, device: torch.device,
@@ -148,16 +167,63 @@ def slice_result(method: str, index: int, x: SliceInput, res, seconds: float) ->
                        np.asarray([[r["step"], r["psnr"], r["ssim"]] for r in mon if "psnr" in r], np.float64))
 
 
+CHECKPOINT_KEYS = ("image", "seconds", "losses", "curve")
+
+
+def _checksum(arrays: dict) -> str:
+    h = hashlib.sha256()
+    for k in CHECKPOINT_KEYS:
+        a = np.ascontiguousarray(arrays[k])
+        h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, r: SliceResult) -> None:
-    """One (slice, method) result, atomically."""
+    """One (slice, method) result, atomically, with a SHA-256 of its arrays."""
+    arrays = {"image": r.image, "seconds": np.float64(r.seconds), "losses": r.losses, "curve": r.curve}
     buf = io.BytesIO()
-    np.savez(buf, image=r.image, seconds=np.float64(r.seconds), losses=r.losses, curve=r.curve)
+    np.savez(buf, **arrays, checksum=np.str_(_checksum(arrays)))
     atomic_write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: Path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
+    """A checkpoint's arrays, checked against its checksum and for a finite 2-D image.
+
+    Raises:
+        InputError: naming the file, when it is unreadable, altered or invalid.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ck = {k: z[k] for k in z.files}
+    except Exception as err:  # truncated zip: BadZipFile, EOFError, OSError, ValueError
+        raise InputError(path, f"unreadable checkpoint ({type(err).__name__})")
+    if "checksum" not in ck or any(k not in ck for k in CHECKPOINT_KEYS) or str(ck["checksum"]) != _checksum(ck):
+        raise InputError(path, "checkpoint does not match its checksum (altered or from an older version)")
+    if ck["image"].ndim != 2 or not np.isfinite(ck["image"]).all():
+        raise InputError(path, "checkpoint image is not a finite 2-D array")
+    return ck
+
+
+def valid_checkpoint(path: Path) -> bool:
+    """``path`` holds a valid checkpoint; an invalid one is removed with a warning naming it."""
+    if not path.exists():
+        return False
+    try:
+        load_checkpoint(path)
+        return True
+    except InputError as err:
+        log.warning("%s; recomputing", err)
+        path.unlink(missing_ok=True)
+        return False
+
+
+def read_json(path: Path):
+    """A JSON file the run wrote, or :class:`InputError` naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(path, f"unreadable ({type(err).__name__}); remove it or use another --out")
 
 
 class VolumeData:
@@ -241,19 +307,33 @@ class VolumeRun(VolumeData):
         self.progress = progress or Progress()
         self._check_fingerprints()
 
+    def fingerprint(self, method: str) -> dict:
+        """The run's settings for ``method`` plus what this volume adds: the input file's
+        identity, and for a volume-learned OES mask the slice it is learned on."""
+        fp = dict(self.cfg.fingerprint(method), input=file_identity(self.info.path))
+        if method == "oes" and self.cfg.mask_per == "volume" and self.cfg.weight_mask is None:
+            fp["reference_slice"] = self.reference_slice
+        return fp
+
     def _check_fingerprints(self) -> None:
         for m in self.cfg.methods:
             fp_path = self.ckdir / m / "config.json"
-            fp = self.cfg.fingerprint(m)
-            final = self.cfg.out / m / self.info.path.name
-            if fp_path.exists() and json.loads(fp_path.read_text()) != fp or (final.exists() and not fp_path.exists()):
+            fp = self.fingerprint(m)
+            final = self.final_path(m)
+            if fp_path.exists() and read_json(fp_path) != fp or (final.exists() and not fp_path.exists()):
                 if not self.cfg.overwrite:
                     raise InputError(final, "outputs made with other settings exist; use --overwrite "
                                             "or another --out")
             if self.cfg.overwrite and (fp_path.exists() or final.exists()):
                 shutil.rmtree(self.ckdir / m, ignore_errors=True)
                 final.unlink(missing_ok=True)
+                self.final_path(m, NIFTI).unlink(missing_ok=True)
             atomic_write_bytes(fp_path, json.dumps(fp, sort_keys=True).encode())
+
+    def final_path(self, method: str, suffix: str = ".h5") -> Path:
+        """``<out>/<method>/<input stem><suffix>``: the fastMRI submission file (``.h5``) or
+        the NIfTI volume (``.nii.gz``)."""
+        return self.cfg.out / method / f"{self.info.path.stem}{suffix}"
 
     def checkpoint(self, method: str, index: int) -> Path:
         return self.ckdir / method / f"slice_{index:04d}.npz"
@@ -293,8 +373,8 @@ class VolumeRun(VolumeData):
         return wm
 
     def todo(self) -> dict[str, list[int]]:
-        """Slices without a checkpoint, per method."""
-        return {m: [i for i in self.indices if not self.checkpoint(m, i).exists()] for m in self.cfg.methods}
+        """Slices without a valid checkpoint, per method (an invalid one is removed, with a warning)."""
+        return {m: [i for i in self.indices if not valid_checkpoint(self.checkpoint(m, i))] for m in self.cfg.methods}
 
     def run(self) -> list[dict]:
         """Reconstruct every missing (slice, method), then write the volume's outputs."""
@@ -322,9 +402,9 @@ class VolumeRun(VolumeData):
     def _finish(self, method: str, target: np.ndarray | None) -> dict:
         cks = [load_checkpoint(self.checkpoint(method, i)) for i in self.indices]
         recon = np.stack([ck["image"] for ck in cks])
-        final = self.cfg.out / method / self.info.path.name
-        if not final.exists():
-            write_reconstruction(final, recon)
+        write_reconstruction(self.final_path(method), recon)      # rebuilt: the slice set may have changed
+        if self.cfg.nifti:
+            write_nifti(self.final_path(method, NIFTI), recon, self.info.voxel_size)
         seconds = float(sum(ck["seconds"] for ck in cks))
         nmse = psnr = ssim = None
         if target is not None:
@@ -338,10 +418,14 @@ class VolumeRun(VolumeData):
 def write_metrics(out: Path, records: list[dict]) -> list[dict]:
     """Merge ``records`` into ``metrics.json`` / ``metrics.csv`` (same file+method replaced)."""
     path = out / "metrics.json"
-    old = json.loads(path.read_text()) if path.exists() else []
+    old = read_json(path) if path.exists() else []
+    if not isinstance(old, list) or not all(isinstance(r, dict) and {"file", "method"} <= r.keys() for r in old):
+        raise InputError(path, "is not a list of metric records; remove it or use another --out")
+    records = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+               for r in records]                                   # strict JSON: no Infinity / NaN
     keys = {(r["file"], r["method"]) for r in records}
     merged = [r for r in old if (r["file"], r["method"]) not in keys] + records
-    atomic_write_bytes(path, json.dumps(merged, indent=2).encode())
+    atomic_write_bytes(path, json.dumps(merged, indent=2, allow_nan=False).encode())
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=RECORD_KEYS)
     w.writeheader()
@@ -351,16 +435,51 @@ def write_metrics(out: Path, records: list[dict]) -> list[dict]:
     return merged
 
 
+@contextlib.contextmanager
+def out_lock(out: Path) -> Iterator[None]:
+    """Hold ``<out>/.lock`` (an exclusive ``flock``) for the run; a second run into the same
+    folder is refused with :class:`InputError` instead of mixing its outputs with ours."""
+    if out.exists() and not out.is_dir():
+        raise InputError(out, "--out is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = open(out / ".lock", "a")
+    except OSError as err:
+        raise InputError(out, f"--out cannot be written: {err.strerror or type(err).__name__}")
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise InputError(out, "another oes_mri run is writing to this --out; wait for it or use another folder")
+        yield
+
+
 def run(cfg: RunConfig, progress: Progress | None = None,
         on_volume: Callable[[VolumeRun, list[dict]], None] | None = None) -> list[dict]:
-    """Reconstruct every volume of ``cfg.data``; returns this run's metric records."""
+    """Reconstruct every volume of ``cfg.data``; returns this run's metric records.
+
+    A bad file of a folder is reported (a warning naming it) and the others go on; the run
+    then raises :class:`InputError` listing the failed files.
+    """
     records: list[dict] = []
-    files = list_volumes(cfg.data)
-    for f in files:
-        vol = VolumeRun(f, cfg, progress)
-        recs = vol.run()
-        write_metrics(cfg.out, recs)
-        if on_volume is not None:
-            on_volume(vol, recs)
-        records.extend(recs)
+    failed: list[str] = []
+    with out_lock(cfg.out):
+        for f in list_volumes(cfg.data):
+            try:
+                vol = VolumeRun(f, cfg, progress)
+                recs = vol.run()
+            except InputError as err:
+                if f == cfg.data:
+                    raise
+                log.warning("error: %s (skipped)", err)
+                failed.append(f.name)
+                continue
+            write_metrics(cfg.out, recs)
+            if on_volume is not None:
+                on_volume(vol, recs)
+            records.extend(recs)
+    if failed:
+        err = InputError(cfg.data, f"{len(failed)} file(s) failed: {', '.join(failed)} (the others were reconstructed)")
+        err.records = records                     # what did finish, for the caller's table
+        raise err
     return records

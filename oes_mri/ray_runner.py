@@ -22,9 +22,9 @@ import signal
 from pathlib import Path
 from typing import Callable
 
-from oes_mri.data.fastmri_io import list_volumes
+from oes_mri.data.volumes import list_volumes
 from oes_mri.errors import InputError
-from oes_mri.pipeline import Progress, RunConfig, SliceResult, VolumeData, VolumeRun, write_metrics
+from oes_mri.pipeline import Progress, RunConfig, SliceResult, VolumeData, VolumeRun, out_lock, write_metrics
 from oes_mri.pruning.weightmask import WeightMask
 
 RAY_MISSING = "--ray needs Ray, which is not installed: pip install 'oes-mri[ray]'"
@@ -116,43 +116,50 @@ def run_ray(cfg: RunConfig, opts: RayOptions, progress: Progress | None = None,
     files = list_volumes(cfg.data)
     started = _init(ray, opts)
     try:
-        vols = [_Volume(VolumeRun(f, cfg)) for f in files]   # settings checked before any task
-        remote = dict(num_cpus=opts.task_cpus, num_gpus=opts.task_gpus, max_retries=opts.max_retries)
-        learn = ray.remote(**remote)(_learn_mask)
-        recon = ray.remote(**remote)(_reconstruct)
-        pending: dict = {}
-        jobs = sum(sum(map(len, v.run.todo().values())) for v in vols)
-        progress.volume(f"{len(vols)} volume(s) on Ray", jobs)
-        for v in vols:
-            _submit(ray, v, learn, recon, pending)
-        records: list[dict] = []
-        for v in vols:
-            if v.pending == 0:
-                records += _finish(v, cfg, on_volume)
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            ref = done[0]
-            v, kind = pending.pop(ref)
-            try:
-                result = ray.get(ref)
-            except ray.exceptions.RayTaskError as err:
-                if isinstance(err.cause, InputError):
-                    raise err.cause from None
-                raise
-            results = [result[1]] if kind == "mask" else result
-            if kind == "mask":
-                v.run.save_mask(*result)
-            for r in results:
-                v.run.save(r)
-            progress.done(f"{v.run.info.path.name} {kind}", sum(r.seconds for r in results), len(results))
-            v.pending -= 1
-            if v.pending == 0:
-                records += _finish(v, cfg, on_volume)
-        progress.volume_done()
-        return records
+        with out_lock(cfg.out):
+            return _run_locked(ray, cfg, opts, files, progress, on_volume)
     finally:
         if started:
             ray.shutdown()
+
+
+def _run_locked(ray, cfg: RunConfig, opts: RayOptions, files: list, progress: Progress,
+                on_volume: Callable[[VolumeRun, list[dict]], None] | None) -> list[dict]:
+    """The volumes' tasks on a connected Ray, ``cfg.out`` locked."""
+    vols = [_Volume(VolumeRun(f, cfg)) for f in files]   # settings checked before any task
+    remote = dict(num_cpus=opts.task_cpus, num_gpus=opts.task_gpus, max_retries=opts.max_retries)
+    learn = ray.remote(**remote)(_learn_mask)
+    recon = ray.remote(**remote)(_reconstruct)
+    pending: dict = {}
+    jobs = sum(sum(map(len, v.run.todo().values())) for v in vols)
+    progress.volume(f"{len(vols)} volume(s) on Ray", jobs)
+    for v in vols:
+        _submit(ray, v, learn, recon, pending)
+    records: list[dict] = []
+    for v in vols:
+        if v.pending == 0:
+            records += _finish(v, cfg, on_volume)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        ref = done[0]
+        v, kind = pending.pop(ref)
+        try:
+            result = ray.get(ref)
+        except ray.exceptions.RayTaskError as err:
+            if isinstance(err.cause, InputError):
+                raise err.cause from None
+            raise
+        results = [result[1]] if kind == "mask" else result
+        if kind == "mask":
+            v.run.save_mask(*result)
+        for r in results:
+            v.run.save(r)
+        progress.done(f"{v.run.info.path.name} {kind}", sum(r.seconds for r in results), len(results))
+        v.pending -= 1
+        if v.pending == 0:
+            records += _finish(v, cfg, on_volume)
+    progress.volume_done()
+    return records
 
 
 def _submit(ray, v: _Volume, learn, recon, pending: dict) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -24,13 +25,15 @@ from oes_mri.optim import LR_SCHEDULES
 from oes_mri.pipeline import Progress
 from oes_mri.pruning.allocation import ALLOCATIONS
 from oes_mri.pruning.oes import ESTIMATORS, LOGIT_INITS
+from oes_mri.solvers.dip import FitDiverged
 
 log = logging.getLogger("oes_mri")
 
 EPILOG = """\
 outputs (under --out):
-  <method>/<input file name>   fastMRI submission format: dataset 'reconstruction',
+  <method>/<input stem>.h5     fastMRI submission format: dataset 'reconstruction',
                                float32 [slices, rH, rW], on the target's intensity scale
+  <method>/<input stem>.nii.gz with --save nifti: the same volume for image viewers
   metrics.json, metrics.csv    one record per (volume, method): file, method, acceleration
                                (realised), center_fraction, slices, nmse, psnr, ssim
                                (fastMRI definitions, null without a target), seconds, device
@@ -55,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--data", type=Path, default=None,
-                   help="a fastMRI .h5 file or a folder of them (default: the built-in sample)")
+                   help="a raw data file -- fastMRI .h5, ISMRMRD .h5 or Siemens twix .dat, detected by "
+                   "content -- or a folder of them (default: the built-in sample)")
     g.add_argument("--slices", default=None, help="slice selection, e.g. '10:20', '3', '0,5,9' (default: all)")
     g.add_argument("--challenge", choices=["multicoil", "singlecoil"], default=None,
                    help="default: from the rank of 'kspace'")
@@ -63,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--accel", type=float, default=4.0, help="acceleration, any value >= 1 (default 4)")
     g.add_argument("--center-fraction", type=float, default=None,
                    help="fully sampled centre fraction (default fastMRI's: 0.08 at 4x, 0.04 at 8x, 0.32/accel)")
-    g.add_argument("--mask", dest="mask_kind", choices=["random", "equispaced", "poisson", "file"], default="random",
-                   help="fastMRI random/equispaced columns, 2-D Poisson-disc, or the file's own 'mask' (default random)")
+    g.add_argument("--mask", dest="mask_kind", choices=["auto", "random", "equispaced", "poisson", "file"],
+                   default="auto", help="fastMRI random/equispaced columns, 2-D Poisson-disc, or the file's own "
+                   "sampling ('mask' dataset, or the lines a scanner file acquired); auto (default): the file's "
+                   "own when it is undersampled, else random")
     g.add_argument("--seed", type=int, default=None,
                    help="mask seed (default: fastMRI's per-volume seed tuple(map(ord, file name)))")
     g = p.add_argument_group("methods")
@@ -110,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-slices", type=int, default=1,
                    help="fit this many slices at once (one batched network; faster on GPUs; default 1)")
     g.add_argument("--out", type=Path, default=Path("recon_out"), help="output folder (default recon_out/)")
+    g.add_argument("--save", choices=["fastmri", "nifti"], action="append", default=None,
+                   help="output formats besides metrics: fastmri (submission .h5, always written) and "
+                   "nifti (<method>/<input stem>.nii.gz for image viewers); repeat or give once")
     g.add_argument("--overwrite", action="store_true", help="replace outputs made with other settings")
     g.add_argument("--quiet", action="store_true", help="print only the final table")
     g.add_argument("--no-figures", action="store_true", help="skip figures and report.md")
@@ -157,8 +166,8 @@ def make_config(args: argparse.Namespace):
     from oes_mri.solvers.dip import use_cuda_graph
     from oes_mri.solvers.sparse_dip import DipConfig
 
-    if not args.accel >= 1:
-        raise InputError(None, f"--accel {args.accel}: must be a number >= 1")
+    if not 1 <= args.accel < math.inf:
+        raise InputError(None, f"--accel {args.accel}: must be a finite number >= 1")
     if args.center_fraction is not None and not 0 < args.center_fraction <= 1:
         raise InputError(None, f"--center-fraction {args.center_fraction}: must be in (0, 1]")
     if not 0 < args.density <= 1:
@@ -171,8 +180,8 @@ def make_config(args: argparse.Namespace):
         raise InputError(None, f"--batch-slices {args.batch_slices}: must be >= 1")
     if not args.input_jitter >= 0:
         raise InputError(None, f"--input-jitter {args.input_jitter}: must be >= 0")
-    if not args.lr > 0:
-        raise InputError(None, f"--lr {args.lr}: must be > 0")
+    if not 0 < args.lr < math.inf:
+        raise InputError(None, f"--lr {args.lr}: must be a finite number > 0")
     try:
         methods = parse_methods(args.methods)
     except ValueError as err:
@@ -199,7 +208,8 @@ def make_config(args: argparse.Namespace):
                      center_fraction=args.center_fraction, mask_kind=args.mask_kind, seed=args.seed,
                      slices=args.slices, challenge=args.challenge, settings=MethodSettings(dip=dip),
                      weight_mask=args.weight_mask, mask_per=args.mask_per, device=device,
-                     overwrite=args.overwrite, batch_slices=args.batch_slices)
+                     overwrite=args.overwrite, batch_slices=args.batch_slices,
+                     nifti="nifti" in (args.save or ()))
 
 
 def default_steps(device: str) -> int:
@@ -257,6 +267,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: finished slices are kept; run the same command again to resume", file=sys.stderr)
         return 130
+    except (FitDiverged, OSError) as err:
+        if args.debug:
+            raise
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+
+def _one_line(err: BaseException) -> str:
+    """A fit that diverged at every retry, or a file system error (disk full, no permission),
+    as one line naming the file."""
+    if isinstance(err, OSError):
+        where = f"{err.filename}: " if err.filename else ""
+        return f"{where}{err.strerror or type(err).__name__} (finished slices are kept; rerun to resume)"
+    return f"{err} (try a lower --lr)"
 
 
 def _shown(info: dict) -> dict:
@@ -333,13 +357,21 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
         gpus = args.ray_task_gpus if args.ray_task_gpus is not None else float(cfg.device.startswith("cuda"))
         opts = RayOptions(args.ray, args.ray_workers, args.ray_task_cpus, gpus)
         records = run_ray(cfg, opts, progress, on_volume)
+        failure = None
     else:
-        records = run(cfg, progress, on_volume)
+        try:
+            records, failure = run(cfg, progress, on_volume), None
+        except InputError as err:
+            records, failure = getattr(err, "records", None), err
+            if not records:
+                raise
     rows = report.summary_rows(records)
     if not args.no_figures:
         report.write_report(cfg.out, records, figures, argv)
     print(report.format_table(rows))
     print(f"outputs in {cfg.out}/ (metrics.json, report.md, figures/, <method>/)")
+    if failure is not None:
+        raise failure
     return 0
 
 

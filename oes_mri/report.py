@@ -26,7 +26,8 @@ def _savefig(fig, path: Path) -> None:
 
 
 def comparison_grid(path: Path, images: dict[str, np.ndarray], target: np.ndarray | None, title: str) -> None:
-    """Row 1: target and each method's image (titled PSNR/SSIM); row 2: error maps."""
+    """Row 1: target and each method's image (titled PSNR/SSIM); row 2: error maps, with a
+    colour bar in the target's column instead of an empty panel."""
     plt = _plt()
     cols = ([("target", target)] if target is not None else []) + list(images.items())
     rows = 2 if target is not None else 1
@@ -41,12 +42,14 @@ def comparison_grid(path: Path, images: dict[str, np.ndarray], target: np.ndarra
             p, s = slice_metrics(target, img, vmax)
             label = f"{name}\n{p:.2f} dB / {s:.3f}"
         ax.set_title(label, fontsize=9)
-        if rows == 2:
-            axes[1, j].imshow(np.abs(img - target) if name != "target" else np.zeros_like(target),
-                              cmap="inferno", vmin=0, vmax=emax)
-            axes[1, j].set_title("|error|" if name != "target" else f"error scale 0..{emax:.3g}", fontsize=8)
+        if rows == 2 and name != "target":
+            shown = axes[1, j].imshow(np.abs(img - target), cmap="inferno", vmin=0, vmax=emax)
+            axes[1, j].set_title("|error|", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
+    if rows == 2 and len(cols) > 1:
+        bar = fig.colorbar(shown, ax=axes[1, 0], fraction=0.5, location="left")
+        bar.set_label("|error| (20 % of the target max)", fontsize=8)
     fig.suptitle(title, fontsize=10)
     _savefig(fig, path)
     plt.close(fig)

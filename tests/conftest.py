@@ -25,6 +25,17 @@ def shared_file(name: str) -> Path:
     return path
 
 
+def expect_input_error(path, match, loader=None):
+    """``loader(path)`` (default :func:`oes_mri.read_info`) raises one line naming ``path`` with ``match``."""
+    from oes_mri import InputError, read_info
+
+    with pytest.raises(InputError) as err:
+        (loader or read_info)(path)
+    msg = str(err.value)
+    assert str(path) in msg and "\n" not in msg
+    assert match in msg, msg
+
+
 def phantom_image(n: int = 32, seed: int = 0) -> np.ndarray:
     """A small smooth test object: random ellipses, deterministic."""
     rng = np.random.default_rng(seed)

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from oes_mri import InputError, load_volume, read_info, write_reconstruction
-from oes_mri.data.fastmri_io import list_volumes, load_slice, parse_slices
+from oes_mri.data.volumes import list_volumes, load_slice, parse_slices
+from tests.conftest import expect_input_error
 
 
 def test_load_tiny(tiny_file):
@@ -32,7 +33,7 @@ def test_slice_selection(tiny_file):
 
 def test_folder_listing(tiny_file, tmp_path):
     assert list_volumes(tiny_file.parent) == [tiny_file]
-    with pytest.raises(InputError, match="no .h5 files"):
+    with pytest.raises(InputError, match="holds no raw data files"):
         list_volumes(tmp_path)
 
 
@@ -70,12 +71,7 @@ def _ksp(*shape, seed=0):
     return (rng.normal(size=shape) + 1j * rng.normal(size=shape)).astype(np.complex64)
 
 
-def _expect(path, match, loader=read_info):
-    with pytest.raises(InputError) as err:
-        loader(path)
-    msg = str(err.value)
-    assert str(path) in msg and "\n" not in msg
-    assert match in msg, msg
+_expect = expect_input_error
 
 
 def test_missing_file(tmp_path):
@@ -85,7 +81,7 @@ def test_missing_file(tmp_path):
 def test_not_hdf5(tmp_path):
     p = tmp_path / "x.h5"
     p.write_text("hello")
-    _expect(p, "not an HDF5 file")
+    _expect(p, "neither an HDF5 file")
 
 
 def test_truncated(tiny_file, tmp_path):

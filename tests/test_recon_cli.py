@@ -191,21 +191,23 @@ def test_evaluate_cli_matches_metrics_json(tiny_file, tmp_path, capsys):
 
 
 def test_batched_slices_match_one_at_a_time(tiny_file, tmp_path):
-    """--batch-slices 2 fits both slices as one batched network: the same images up to rounding
-    (which 30 steps of Adam at lr 1e-2 amplify a little: 0.02 dB measured)."""
+    """--batch-slices 2 reaches the batched fit and gives the same images up to rounding.
+    Adam amplifies rounding with every step (30 steps: 2e-3 apart on this CPU, more on
+    others), so the CLI runs 5 steps, measured 7e-6 apart, against a bound of 1e-3; the exact
+    equivalence of the paths is tested in float64 (tests/test_fit.py)."""
     outs = {}
     for b in (1, 2):
         out = tmp_path / f"b{b}"
         assert main(["--data", str(tiny_file), "--out", str(out), "--methods", "dip,oes",
-                     "--batch-slices", str(b), *FAST]) == 0
+                     "--batch-slices", str(b), *FAST, "--steps", "5"]) == 0
         outs[b] = out
     for m in ("dip", "oes"):
         with h5py.File(outs[1] / m / tiny_file.name) as a, h5py.File(outs[2] / m / tiny_file.name) as b:
             x, y = a["reconstruction"][()], b["reconstruction"][()]
-        assert np.linalg.norm(x - y) < 0.02 * np.linalg.norm(x)
+        assert np.linalg.norm(x - y) < 1e-3 * np.linalg.norm(x)
     for b in (1, 2):
         outs[b] = {r["method"]: r["psnr"] for r in json.loads((outs[b] / "metrics.json").read_text())}
-    assert all(abs(outs[1][m] - outs[2][m]) < 0.1 for m in ("dip", "oes"))
+    assert all(abs(outs[1][m] - outs[2][m]) < 0.01 for m in ("dip", "oes"))
 
 
 def test_progress_lines_and_bars(tiny_file, tmp_path, caplog, capsys):
@@ -259,3 +261,30 @@ def test_input_jitter_option_reaches_the_config_and_turns_cuda_graphs_off(tmp_pa
         _dip_config(tmp_path, "--input-jitter", "-1")
     with pytest.raises(InputError, match="--cuda-graph"):
         _dip_config(tmp_path, "--input-jitter", "0.03", "--cuda-graph")
+
+
+def _cs_run(tiny_file, out, *extra):
+    assert main(["--data", str(tiny_file), "--out", str(out), "--methods", "zf,l1,tv", "--no-figures", "--quiet",
+                 *extra]) == 0
+    return {r["method"]: r["psnr"] for r in json.loads((out / "metrics.json").read_text())}
+
+
+def test_l1_and_tv_methods(tiny_file, tmp_path):
+    """The compressed-sensing baselines run end to end and beat zero-filling on a piecewise
+    constant phantom with ESPIRiT maps (6 calibration lines; measured: zf 26.95, L1 27.53,
+    TV 30.01 dB)."""
+    out = tmp_path / "out"
+    psnr = _cs_run(tiny_file, out, "--center-fraction", "0.16")
+    assert psnr["l1"] > psnr["zf"] + 0.2 and psnr["tv"] > psnr["zf"] + 1.0, psnr
+    for m in ("l1", "tv"):
+        with h5py.File(out / m / tiny_file.name) as hf:
+            rec = hf["reconstruction"][()]
+        assert rec.shape == (2, 32, 32) and np.isfinite(rec).all()
+
+
+@pytest.mark.xfail(strict=True, reason="known defect: with 3 calibration lines ESPIRiT fails, and with the "
+                   "low-resolution fallback maps sigpy's L1WaveletRecon returns a half-FOV-split image (10.5 dB, "
+                   "9.1 dB even at lambda 1e-6) where zero-filling and TV reach 20.5 dB; see the issue 17 note")
+def test_l1_with_fallback_maps(tiny_file, tmp_path):
+    psnr = _cs_run(tiny_file, tmp_path / "out")
+    assert psnr["l1"] > psnr["zf"], psnr

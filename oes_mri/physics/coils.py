@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from oes_mri.atomic import atomic_path
+from oes_mri.fileid import file_identity
 from oes_mri.physics.fft import ifft2c, rss
 from oes_mri.physics.masks import SamplingMask
 from oes_mri.sigpy_bridge import run_app
@@ -126,11 +127,9 @@ def estimate_maps(kspace: torch.Tensor, mask: SamplingMask, kernel_width: int = 
 
 def map_cache_key(source: str | os.PathLike, slice_index: int, mask: SamplingMask, **settings) -> str:
     """Cache key from the file (path, size, mtime), slice, calibration region and settings."""
-    p = Path(source)
-    stat = p.stat() if p.exists() else None
+    ident = file_identity(source)
     desc = {
-        "v": CACHE_VERSION, "path": str(p.resolve()) if stat else str(source),
-        "size": stat.st_size if stat else None, "mtime": stat.st_mtime_ns if stat else None,
+        "v": CACHE_VERSION, "path": ident["path"], "size": ident["size"], "mtime": ident["mtime"],
         "slice": int(slice_index),
         "acs": [mask.acs[0].start, mask.acs[0].stop, mask.acs[1].start, mask.acs[1].stop],
         "settings": settings,
@@ -150,9 +149,12 @@ class MapCache:
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
-                    return CoilMaps(torch.from_numpy(z["maps"]), str(z["method"]))
-            except (OSError, ValueError, KeyError):
-                log.warning("%s: unreadable map cache entry, recomputing", path)
+                    maps = z["maps"]
+                    if np.iscomplexobj(maps) and maps.ndim == 3 and np.isfinite(maps).all():
+                        return CoilMaps(torch.from_numpy(maps), str(z["method"]))
+                log.warning("%s: invalid map cache entry (shape, dtype or values), recomputing", path)
+            except Exception as err:  # a truncated npz raises BadZipFile, EOFError, OSError, ...
+                log.warning("%s: unreadable map cache entry (%s), recomputing", path, type(err).__name__)
         result = compute()
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, maps=result.maps.cpu().numpy(), method=np.str_(result.method))

@@ -182,7 +182,10 @@ def mask_from_array(array: np.ndarray | torch.Tensor, shape: tuple[int, int],
     Raises:
         ValueError: when its shape does not fit the k-space.
     """
-    m = torch.as_tensor(np.asarray(array)).to(torch.float32)
+    arr = np.asarray(array)
+    if arr.dtype.kind not in "biuf" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
+        raise ValueError(f"{source}: mask must be boolean or numeric without NaN/Inf (dtype {arr.dtype})")
+    m = torch.as_tensor(arr).to(torch.float32)
     H, W = shape
     if m.ndim == 1:
         if m.shape[0] != W:

@@ -168,5 +168,7 @@ class WeightMask:
                                    f"{str(err).splitlines()[0][:120] if str(err) else ''})")
         if not masks:
             raise InputError(path, "weight mask file holds no masks")
+        if not any(bool(m.any()) for m in masks.values()):
+            raise InputError(path, "weight mask keeps no weight (every entry is False)")
         return cls(masks, meta)
 
