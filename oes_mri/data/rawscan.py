@@ -50,7 +50,7 @@ def fully_sampled(scan: RawScan) -> bool:
     return bool(scan.sampled[scan.header.padding_left:scan.header.padding_right].all())
 
 
-def check_kspace(path: Path, scan: RawScan) -> None:
+def check_scan(path: Path, scan: RawScan) -> None:
     """Raise :class:`InputError` for an empty scan or one that does not fit its recon size."""
     S, C, H, W = scan.kspace.shape
     if S == 0 or C == 0 or not scan.sampled.any():
@@ -62,7 +62,7 @@ def check_kspace(path: Path, scan: RawScan) -> None:
 
 def volume_info(path: Path, scan: RawScan, fmt: str) -> VolumeInfo:
     """The :class:`VolumeInfo` of a scanner file (``fmt``: "ismrmrd" or "twix")."""
-    check_kspace(path, scan)
+    check_scan(path, scan)
     S, C, H, W = scan.kspace.shape
     full = fully_sampled(scan)
     mask = None if full else mask_from_array(scan.sampled, (H, W), source=str(path))
