@@ -1,8 +1,14 @@
-"""The reconstruction methods by name: one function per slice, ``(SliceInput) -> Recon``.
+"""The reconstruction methods, one registry entry each (:data:`REGISTRY`): what runs a slice,
+which settings its output depends on (the resume fingerprint) and its display name.
 
 Names: ``zf`` (zero-filled RSS), ``sense`` (CG-SENSE), ``l1`` (L1-wavelet), ``tv`` (total
 variation), ``dip`` (dense DIP), ``oes`` (Sparse-DIP with an OES mask), and the pruning
 baselines at the same density ``random``, ``magnitude``, ``snip``, ``imp``.
+
+Every method is tuned the same honest way, by held-out k-space (``MethodSettings.dip.validation``):
+the untrained generators stop on it (:class:`~oes_mri.solvers.sparse_dip.ValidationConfig`),
+and the regularised baselines choose their weight from a grid by it
+(:func:`~oes_mri.solvers.tuning.choose_lambda`) before a final solve with every sample.
 """
 
 from __future__ import annotations
@@ -10,24 +16,32 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, NamedTuple
 
+import torch
+
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers import classical
 from oes_mri.solvers.classical import Recon
 from oes_mri.solvers.sparse_dip import DipConfig, DipOutput, SliceData, reconstruct_dip, reconstruct_dip_batch
-
-CLASSICAL = ("zf", "sense", "l1", "tv")
-UNTRAINED = {"oes": "oes", "dip": "dense", "random": "random", "magnitude": "magnitude",
-             "snip": "snip", "imp": "imp"}
-METHODS = CLASSICAL + tuple(UNTRAINED)
-DEFAULT_METHODS = ("oes", "sense", "zf")
-
+from oes_mri.solvers.tuning import choose_lambda
 
 SliceInput = SliceData  # what a method sees of one slice: kspace, mask, maps, recon_size, target, source
+
+LAMBDA_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
+"""Held-out lambda grid: these multiples of the method's fixed weight."""
 
 
 @dataclasses.dataclass
 class MethodSettings:
-    """Per-method settings (CLI knobs)."""
+    """Per-method settings (CLI knobs).
+
+    Attributes:
+        dip: the untrained generators' settings (its ``validation`` is every method's hold-out).
+        cg_lambda, l1_lambda, tv_lambda: fixed regularisation weights (relative to the data
+            scale), and the centre of the held-out grid.
+        cg_iters, cs_iters: iterations of CG-SENSE and of the L1/TV solvers.
+        tune: choose the baselines' weights by held-out error (``lambda x LAMBDA_FACTORS``);
+            off, or without a hold-out share, the fixed weights are used.
+    """
 
     dip: DipConfig = dataclasses.field(default_factory=DipConfig)
     cg_lambda: float = 0.01
@@ -35,12 +49,119 @@ class MethodSettings:
     l1_lambda: float = 2e-3
     tv_lambda: float = 3e-3
     cs_iters: int = 100
+    tune: bool = True
+
+    def tuned(self) -> bool:
+        """The baselines' weights are chosen by held-out error."""
+        return self.tune and self.dip.validation.enabled
 
 
 class MethodResult(NamedTuple):
     recon: Recon
     history: dict
     weight_mask: WeightMask | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One reconstruction method.
+
+    Attributes:
+        name: the CLI name; title: the display name.
+        pruning: the untrained generator's pruning (``DipConfig.pruning``), ``None`` for a classical method.
+        lambda_field: the ``MethodSettings`` field of its regularisation weight (``None``: none).
+        iters_field: the ``MethodSettings`` field of its iteration count.
+        solve: ``solve(kspace, mask, maps, lamda, iters) -> Recon`` of a classical method.
+    """
+
+    name: str
+    title: str
+    pruning: str | None = None
+    lambda_field: str | None = None
+    iters_field: str | None = None
+    solve: Callable[..., Recon] | None = None
+
+    @property
+    def untrained(self) -> bool:
+        return self.pruning is not None
+
+    def fingerprint(self, settings: MethodSettings) -> dict:
+        """The settings its output depends on."""
+        if self.untrained:
+            d = dataclasses.asdict(settings.dip)
+            d.pop("pruning")
+            return {"dip": d}
+        fp = {}
+        if self.lambda_field:
+            fp.update(lamda=getattr(settings, self.lambda_field), tune=settings.tuned())
+            if settings.tuned():
+                fp.update(validation=dataclasses.asdict(settings.dip.validation), seed=settings.dip.seed,
+                          grid=LAMBDA_FACTORS)
+        if self.iters_field:
+            fp["iters"] = getattr(settings, self.iters_field)
+        return fp
+
+    def run(self, x: SliceInput, settings: MethodSettings, weight_mask: WeightMask | None = None,
+            progress: Callable[[int, dict], None] | None = None) -> MethodResult:
+        """Reconstruct one slice."""
+        return self.run_batch([x], settings, weight_mask, progress)[0]
+
+    def run_batch(self, xs: list[SliceInput], settings: MethodSettings, weight_mask: WeightMask | None = None,
+                  progress: Callable[[int, dict], None] | None = None) -> list[MethodResult]:
+        """Reconstruct several slices of one size; untrained generators are fitted together
+        (:func:`~oes_mri.solvers.sparse_dip.reconstruct_dip_batch`)."""
+        if not self.untrained:
+            return [self._classical(x, settings) for x in xs]
+        cfg = dataclasses.replace(settings.dip, pruning=self.pruning)
+        wm = weight_mask if self.name == "oes" else None
+        if len(xs) == 1:
+            x = xs[0]
+            outs = [reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size, wm, x.target, x.source, progress)]
+        else:
+            outs = reconstruct_dip_batch(xs, cfg, wm, progress)
+        return [_result(o) for o in outs]
+
+    def _classical(self, x: SliceInput, settings: MethodSettings) -> MethodResult:
+        if self.solve is None:
+            return MethodResult(classical.zero_filled(x.kspace, x.mask, x.maps), {}, None)
+        iters = getattr(settings, self.iters_field)
+        lamda, history = getattr(settings, self.lambda_field), {}
+        if settings.tuned():
+            choice = self.choose(x, settings)
+            lamda, history = choice.lamda, {"lambda_grid": list(choice.grid), "lambda_errors": list(choice.errors)}
+        return MethodResult(self.solve(x.kspace, x.mask, x.maps, lamda, iters), {**history, "lambda": lamda}, None)
+
+    def choose(self, x: SliceInput, settings: MethodSettings):
+        """The held-out choice of this method's weight on slice ``x`` (:func:`choose_lambda`)."""
+        val = settings.dip.validation
+        split = val.split(x.mask, tuple(x.kspace.shape[-2:]), settings.dip.seed)
+        iters, centre = getattr(settings, self.iters_field), getattr(settings, self.lambda_field)
+
+        def solve(k: torch.Tensor, m: torch.Tensor, lam: float) -> Recon:
+            return self.solve(k, m, x.maps, lam, iters)
+        return choose_lambda(solve, x.kspace, split, [centre * f for f in LAMBDA_FACTORS])
+
+
+def _result(out: DipOutput) -> MethodResult:
+    return MethodResult(Recon(out.coil_images, out.image), out.history, out.weight_mask)
+
+
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    Method("zf", "zero-filled"),
+    Method("sense", "CG-SENSE", lambda_field="cg_lambda", iters_field="cg_iters", solve=classical.cg_sense),
+    Method("l1", "L1-wavelet", lambda_field="l1_lambda", iters_field="cs_iters", solve=classical.l1_wavelet),
+    Method("tv", "TV", lambda_field="tv_lambda", iters_field="cs_iters", solve=classical.total_variation),
+    Method("oes", "Sparse-DIP (OES)", pruning="oes"),
+    Method("dip", "DIP (dense)", pruning="dense"),
+    Method("random", "Sparse-DIP (random mask)", pruning="random"),
+    Method("magnitude", "Sparse-DIP (magnitude mask)", pruning="magnitude"),
+    Method("snip", "Sparse-DIP (SNIP mask)", pruning="snip"),
+    Method("imp", "Sparse-DIP (IMP mask)", pruning="imp"),
+)}
+METHODS = tuple(REGISTRY)
+CLASSICAL = tuple(n for n, m in REGISTRY.items() if not m.untrained)
+UNTRAINED = tuple(n for n, m in REGISTRY.items() if m.untrained)
+DEFAULT_METHODS = ("oes", "sense", "zf")
 
 
 def parse_methods(spec: str) -> list[str]:
@@ -57,34 +178,11 @@ def parse_methods(spec: str) -> list[str]:
 
 def run_method(name: str, x: SliceInput, settings: MethodSettings, weight_mask: WeightMask | None = None,
                progress: Callable[[int, dict], None] | None = None) -> MethodResult:
-    """Reconstruct one slice with method ``name``."""
-    if name == "zf":
-        return MethodResult(classical.zero_filled(x.kspace, x.mask, x.maps), {}, None)
-    if name == "sense":
-        return MethodResult(classical.cg_sense(x.kspace, x.mask, x.maps, settings.cg_lambda,
-                                               settings.cg_iters), {}, None)
-    if name == "l1":
-        return MethodResult(classical.l1_wavelet(x.kspace, x.mask, x.maps, settings.l1_lambda,
-                                                 settings.cs_iters), {}, None)
-    if name == "tv":
-        return MethodResult(classical.total_variation(x.kspace, x.mask, x.maps, settings.tv_lambda,
-                                                      settings.cs_iters), {}, None)
-    cfg = dataclasses.replace(settings.dip, pruning=UNTRAINED[name])
-    out = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size, weight_mask if name == "oes" else None,
-                          x.target, x.source, progress)
-    return _result(out)
-
-
-def _result(out: DipOutput) -> MethodResult:
-    return MethodResult(Recon(out.coil_images, out.image), out.history, out.weight_mask)
+    """Reconstruct one slice with method ``name`` (:data:`REGISTRY`)."""
+    return REGISTRY[name].run(x, settings, weight_mask, progress)
 
 
 def run_batch(name: str, xs: list[SliceInput], settings: MethodSettings, weight_mask: WeightMask | None = None,
               progress: Callable[[int, dict], None] | None = None) -> list[MethodResult]:
-    """Reconstruct several slices of one size with method ``name``; the untrained
-    generators are fitted together (:func:`~oes_mri.solvers.sparse_dip.reconstruct_dip_batch`)."""
-    if name in CLASSICAL:
-        return [run_method(name, x, settings, weight_mask, progress) for x in xs]
-    cfg = dataclasses.replace(settings.dip, pruning=UNTRAINED[name])
-    outs = reconstruct_dip_batch(xs, cfg, weight_mask if name == "oes" else None, progress)
-    return [_result(o) for o in outs]
+    """Reconstruct several slices of one size with method ``name`` (:meth:`Method.run_batch`)."""
+    return REGISTRY[name].run_batch(xs, settings, weight_mask, progress)

@@ -35,7 +35,7 @@ from oes_mri.data.nifti_io import write_nifti
 from oes_mri.data.sample import cache_dir
 from oes_mri.errors import InputError
 from oes_mri.fileid import file_identity
-from oes_mri.methods import UNTRAINED, MethodSettings, SliceInput, run_batch, run_method
+from oes_mri.methods import REGISTRY, UNTRAINED, MethodSettings, SliceInput, run_batch, run_method
 from oes_mri.metrics import volume_metrics
 from oes_mri.physics.coils import MapCache, estimate_maps, map_cache_key
 from oes_mri.physics.masks import SamplingMask, default_center_fraction, make_mask, volume_seed
@@ -46,7 +46,7 @@ log = logging.getLogger("oes_mri")
 
 NIFTI = ".nii.gz"
 RECORD_KEYS = ("file", "method", "acceleration", "center_fraction", "slices", "nmse", "psnr", "ssim",
-               "seconds", "device")
+               "seconds", "steps", "lambda", "device")
 
 
 class Progress:
@@ -90,16 +90,9 @@ class RunConfig:
     def fingerprint(self, method: str) -> dict:
         """The settings that determine a method's output (checked on resume)."""
         fp = {"accel": self.accel, "center_fraction": self.center_fraction, "mask_kind": self.mask_kind,
-              "seed": self.seed, "challenge": self.challenge}
-        s = self.settings
-        if method in ("sense",):
-            fp.update(cg_lambda=s.cg_lambda, cg_iters=s.cg_iters)
-        elif method in ("l1", "tv"):
-            fp.update(lamda=s.l1_lambda if method == "l1" else s.tv_lambda, iters=s.cs_iters)
-        elif method != "zf":
-            d = dataclasses.asdict(s.dip)
-            d.pop("pruning")
-            fp.update(dip=d, device=self.device, batch_slices=self.batch_slices)
+              "seed": self.seed, "challenge": self.challenge, **REGISTRY[method].fingerprint(self.settings)}
+        if method in UNTRAINED:
+            fp.update(device=self.device, batch_slices=self.batch_slices)
             if method == "oes":
                 fp.update(weight_mask=str(self.weight_mask) if self.weight_mask else None, mask_per=self.mask_per)
         return json.loads(json.dumps(fp, default=str))
@@ -155,6 +148,9 @@ class SliceResult(NamedTuple):
     seconds: float
     losses: np.ndarray       # fit losses per step (empty for classical methods)
     curve: np.ndarray        # rows (step, psnr, ssim) when a target exists
+    vals: np.ndarray         # held-out losses per step (empty without a hold-out)
+    steps: np.ndarray        # (fit steps run, chosen step) of a generator; () for classical methods
+    lamda: np.ndarray        # the regularisation weight used, () when the method has none
 
 
 def slice_result(method: str, index: int, x: SliceInput, res, seconds: float) -> SliceResult:
@@ -162,12 +158,16 @@ def slice_result(method: str, index: int, x: SliceInput, res, seconds: float) ->
     image = dc_rss(res.recon.coil_images, x.kspace, x.mask, x.recon_size).cpu().numpy().astype(np.float32)
     if not np.isfinite(image).all():
         raise RuntimeError(f"{x.source}: {method} produced a non-finite image; not written")
-    mon = res.history.get("monitor", [])
-    return SliceResult(method, index, image, float(seconds), np.asarray(res.history.get("losses", []), np.float32),
-                       np.asarray([[r["step"], r["psnr"], r["ssim"]] for r in mon if "psnr" in r], np.float64))
+    h = res.history
+    mon = h.get("monitor", [])
+    steps = np.asarray([h["steps"], h["best_step"]] if "steps" in h else [], np.int64)
+    return SliceResult(method, index, image, float(seconds), np.asarray(h.get("losses", []), np.float32),
+                       np.asarray([[r["step"], r["psnr"], r["ssim"]] for r in mon if "psnr" in r], np.float64),
+                       np.asarray(h.get("val_losses", []), np.float32), steps,
+                       np.asarray([h["lambda"]] if "lambda" in h else [], np.float64))
 
 
-CHECKPOINT_KEYS = ("image", "seconds", "losses", "curve")
+CHECKPOINT_KEYS = ("image", "seconds", "losses", "curve", "vals", "steps", "lamda")
 
 
 def _checksum(arrays: dict) -> str:
@@ -181,7 +181,8 @@ def _checksum(arrays: dict) -> str:
 
 def save_checkpoint(path: Path, r: SliceResult) -> None:
     """One (slice, method) result, atomically, with a SHA-256 of its arrays."""
-    arrays = {"image": r.image, "seconds": np.float64(r.seconds), "losses": r.losses, "curve": r.curve}
+    arrays = {"image": r.image, "seconds": np.float64(r.seconds), "losses": r.losses, "curve": r.curve,
+              "vals": r.vals, "steps": r.steps, "lamda": r.lamda}
     buf = io.BytesIO()
     np.savez(buf, **arrays, checksum=np.str_(_checksum(arrays)))
     atomic_write_bytes(path, buf.getvalue())
@@ -406,13 +407,16 @@ class VolumeRun(VolumeData):
         if self.cfg.nifti:
             write_nifti(self.final_path(method, NIFTI), recon, self.info.voxel_size)
         seconds = float(sum(ck["seconds"] for ck in cks))
+        steps = [int(ck["steps"][0]) for ck in cks if ck["steps"].size]
+        lambdas = [float(ck["lamda"][0]) for ck in cks if ck["lamda"].size]
         nmse = psnr = ssim = None
         if target is not None:
             nmse, psnr, ssim = volume_metrics(target, recon)
         cf = center_fraction(self.cfg, self.info, self.smask)
         return {"file": str(self.info.path), "method": method, "acceleration": self.smask.acceleration,
                 "center_fraction": cf, "slices": len(self.indices), "nmse": nmse, "psnr": psnr, "ssim": ssim,
-                "seconds": seconds, "device": str(self.device)}
+                "seconds": seconds, "steps": steps or None,
+                "lambda": lambdas or None, "device": str(self.device)}
 
 
 def write_metrics(out: Path, records: list[dict]) -> list[dict]:
@@ -430,9 +434,16 @@ def write_metrics(out: Path, records: list[dict]) -> list[dict]:
     w = csv.DictWriter(buf, fieldnames=RECORD_KEYS)
     w.writeheader()
     for r in merged:
-        w.writerow({k: ("" if r[k] is None else r[k]) for k in RECORD_KEYS})
+        w.writerow({k: _csv_value(r.get(k)) for k in RECORD_KEYS})
     atomic_write_bytes(out / "metrics.csv", buf.getvalue().encode())
     return merged
+
+
+def _csv_value(v: object) -> object:
+    """A record's value in metrics.csv: empty for None, per-slice lists space-separated."""
+    if v is None:
+        return ""
+    return " ".join(f"{x:g}" for x in v) if isinstance(v, list) else v
 
 
 @contextlib.contextmanager

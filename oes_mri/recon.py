@@ -52,7 +52,8 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     from oes_mri.methods import DEFAULT_METHODS, METHODS
     from oes_mri.nets.generator import ARCHS
-    from oes_mri.solvers.sparse_dip import DipConfig
+    from oes_mri.physics.holdout import SHAPES
+    from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig
 
     p = argparse.ArgumentParser(prog="python -m oes_mri.recon", description=__doc__.split("\n\n")[1],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "uniform, or magnitude (the split of global magnitude pruning at init)")
     g.add_argument("--mask-steps", type=int, default=None, help="OES mask-learning steps (default 100)")
     g.add_argument("--steps", type=int, default=None,
-                   help="fitting steps (default 300 on the CPU, 3000 on CUDA)")
+                   help="fitting steps: the cap when held-out k-space stops the fit (default 300 on the CPU, "
+                   "3000 on CUDA)")
     g.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the fit (default 0.01)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=DipConfig.lr_schedule,
                    help="learning rate over the fit: constant, or cosine from --lr to 0 over --steps "
@@ -102,7 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-per", choices=["volume", "slice"], default="volume",
                    help="learn one OES mask per volume on its middle slice and reuse it, or one per slice")
     g.add_argument("--output-iterate", choices=["best", "last", "ema"], default="best",
-                   help="returned DIP iterate: lowest data loss (default), last, or moving average")
+                   help="returned DIP iterate: lowest held-out error (default; lowest data loss with "
+                   "--holdout 0), last, or moving average")
     g.add_argument("--input-jitter", type=float, default=0.0,
                    help="std of noise added to the generator input at every fit step (DIP's reg_noise_std, "
                    "e.g. 0.033; default 0 = off; fits eagerly, without CUDA graphs)")
@@ -111,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 autocast for the generator, FFTs and data term in fp32 (for CUDA)")
     g.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                    help="replay each fit step as a CUDA graph (default: on for CUDA without --compile)")
+    g = p.add_argument_group("self-validation (held-out k-space; no ground truth)")
+    g.add_argument("--holdout", type=float, default=ValidationConfig.share,
+                   help="share of the measured non-calibration samples held out to stop the generator fits and "
+                   f"to choose the baselines' lambdas (default {ValidationConfig.share:g}; 0 = off: fixed --steps "
+                   "and fixed lambdas)")
+    g.add_argument("--holdout-shape", choices=SHAPES, default=ValidationConfig.shape,
+                   help=f"held-out random k-space points or whole phase-encode lines (default {ValidationConfig.shape})")
+    g.add_argument("--patience", type=int, default=ValidationConfig.patience,
+                   help="stop a fit after this many steps without a lower held-out error "
+                   f"(default {ValidationConfig.patience})")
+    g.add_argument("--holdout-folds", type=int, default=ValidationConfig.folds,
+                   help=f"average K fits on K different hold-out splits (default {ValidationConfig.folds})")
+    g.add_argument("--tune-lambda", action=argparse.BooleanOptionalAction, default=True,
+                   help="choose the CG-SENSE / L1 / TV weight from a grid by held-out error (default on)")
     g = p.add_argument_group("run")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     g.add_argument("--batch-slices", type=int, default=1,
@@ -164,7 +181,7 @@ def make_config(args: argparse.Namespace):
 
     from oes_mri.pipeline import RunConfig
     from oes_mri.solvers.dip import use_cuda_graph
-    from oes_mri.solvers.sparse_dip import DipConfig
+    from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig
 
     if not 1 <= args.accel < math.inf:
         raise InputError(None, f"--accel {args.accel}: must be a finite number >= 1")
@@ -198,7 +215,12 @@ def make_config(args: argparse.Namespace):
         use_cuda_graph(graph, torch.device(device), args.compile, args.input_jitter)
     except ValueError as err:
         raise InputError(None, f"--cuda-graph: {err}")
-    dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, lr=args.lr, lr_schedule=args.lr_schedule,
+    try:
+        validation = ValidationConfig(share=args.holdout, shape=args.holdout_shape, patience=args.patience,
+                                      folds=args.holdout_folds)
+    except ValueError as err:
+        raise InputError(None, f"--holdout/--patience/--holdout-folds: {err}")
+    dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, validation=validation, lr=args.lr, lr_schedule=args.lr_schedule,
                     seed=args.dip_seed, output=args.output_iterate, compile=args.compile, amp=args.amp, steps=steps,
                     input_jitter=args.input_jitter, cuda_graph=graph, oes_init=args.oes_init,
                     oes_estimator=args.oes_estimator, allocation=args.allocation)
@@ -206,7 +228,8 @@ def make_config(args: argparse.Namespace):
         dip = dataclasses.replace(dip, mask_steps=args.mask_steps)
     return RunConfig(data=args.data or sample_path(), out=args.out, methods=methods, accel=args.accel,
                      center_fraction=args.center_fraction, mask_kind=args.mask_kind, seed=args.seed,
-                     slices=args.slices, challenge=args.challenge, settings=MethodSettings(dip=dip),
+                     slices=args.slices, challenge=args.challenge,
+                     settings=MethodSettings(dip=dip, tune=args.tune_lambda),
                      weight_mask=args.weight_mask, mask_per=args.mask_per, device=device,
                      overwrite=args.overwrite, batch_slices=args.batch_slices,
                      nifti="nifti" in (args.save or ()))
@@ -241,7 +264,7 @@ def _figures(vol, records: list[dict]) -> list[str]:
         ck = load_checkpoint(vol.checkpoint(m, index))
         if m != "zf":
             images[m] = ck["image"]
-        curves[m] = ck["curve"] if ck["curve"].size else None
+        curves[m] = report.FitCurves(ck["curve"], ck["vals"], int(ck["steps"][1]) if ck["steps"].size else None)
     files = [f"figures/{name}_slice{index}.png", f"figures/{name}_mask.png"]
     report.comparison_grid(out / files[0], images, x.target, f"{vol.info.path.name} slice {index}, "
                            f"{vol.smask.acceleration:.2f}x {vol.smask.kind}")
@@ -285,7 +308,7 @@ def _one_line(err: BaseException) -> str:
 
 def _shown(info: dict) -> dict:
     """What a progress display shows of a fit's log entry."""
-    return {k: v for k, v in info.items() if k in ("loss", "psnr")}
+    return {k: v for k, v in info.items() if k in ("loss", "val", "psnr")}
 
 
 class BarProgress(Progress):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -55,18 +56,43 @@ def comparison_grid(path: Path, images: dict[str, np.ndarray], target: np.ndarra
     plt.close(fig)
 
 
-def curves(path: Path, series: dict[str, np.ndarray], title: str) -> bool:
-    """PSNR (and SSIM) versus fitting step, one line per method; ``series[m]`` rows (step, psnr, ssim)."""
-    series = {k: v for k, v in series.items() if v is not None and len(v)}
-    if not series:
+class FitCurves(NamedTuple):
+    """What a fit's curves figure shows of one method."""
+
+    curve: np.ndarray
+    """rows (step, psnr, ssim) every log step (empty without a target)"""
+    vals: np.ndarray
+    """held-out relative error per step (empty without a hold-out)"""
+    chosen: int | None
+    """the step of the returned iterate"""
+
+
+def curves(path: Path, fits: dict[str, FitCurves], title: str) -> bool:
+    """Per method: the held-out error versus step with the chosen step marked (what the
+    stopping rule saw), and PSNR / SSIM versus step when a target exists."""
+    fits = {k: v for k, v in fits.items() if len(v.curve) or len(v.vals)}
+    if not fits:
         return False
+    panels = (["val"] if any(len(f.vals) for f in fits.values()) else []) + \
+             (["psnr", "ssim"] if any(len(f.curve) for f in fits.values()) else [])
     plt = _plt()
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
-    for name, c in series.items():
-        a.plot(c[:, 0], c[:, 1], label=name)
-        b.plot(c[:, 0], c[:, 2], label=name)
-    a.set_xlabel("step"), a.set_ylabel("PSNR (dB)"), b.set_xlabel("step"), b.set_ylabel("SSIM")
-    a.legend(), a.grid(alpha=0.3), b.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    for name, f in fits.items():
+        for ax, panel in zip(axes[0], panels):
+            if panel == "val" and len(f.vals):
+                line, = ax.plot(np.arange(1, len(f.vals) + 1), f.vals, label=name, lw=0.8)
+            elif panel != "val" and len(f.curve):
+                line, = ax.plot(f.curve[:, 0], f.curve[:, 1 if panel == "psnr" else 2], label=name)
+            else:
+                continue
+            if f.chosen:
+                ax.axvline(f.chosen, color=line.get_color(), ls=":", lw=1)
+    labels = {"val": "held-out relative error", "psnr": "PSNR (dB)", "ssim": "SSIM"}
+    for ax, panel in zip(axes[0], panels):
+        ax.set_xlabel("step"), ax.set_ylabel(labels[panel]), ax.grid(alpha=0.3)
+        if panel == "val":
+            ax.set_yscale("log")
+    axes[0][0].legend(title="dotted: chosen step", fontsize=8)
     fig.suptitle(title, fontsize=10)
     _savefig(fig, path)
     plt.close(fig)

@@ -9,8 +9,9 @@ after a logged warning.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -36,13 +37,34 @@ def run_app(make_app: Callable[..., object], arrays: dict[str, torch.Tensor], de
         make_app: builds the sigpy App from keyword arrays and ``device``.
         arrays: tensors handed to the app (moved to the app's device, ``complex64``/``float32`` kept).
         device: where the tensors live and the result goes.
+
+    sigpy's step-size estimate (``MaxEig``) starts from ``np.random``/``cupy.random`` noise of
+    the global generator; it is seeded here (and the caller's NumPy state restored), so the
+    same input gives the same image.
     """
+    with _seeded_global_rng():
+        return _run_app(make_app, arrays, device)
+
+
+@contextlib.contextmanager
+def _seeded_global_rng(seed: int = 0) -> Iterator[None]:
+    """NumPy's global generator seeded for the block, its previous state restored after."""
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _run_app(make_app: Callable[..., object], arrays: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:
     gpu = sigpy_device(device)
     if gpu is not None:
         try:
             import cupy
 
             with cupy.cuda.Device(gpu.id):
+                cupy.random.seed(0)
                 app = make_app(**{k: cupy.asarray(v.detach().contiguous()) for k, v in arrays.items()}, device=gpu)
                 return torch.as_tensor(app.run(), device=device).to(torch.complex64)
         except Exception as err:         # CuPy present but unusable here: the CPU still works

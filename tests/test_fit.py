@@ -11,7 +11,7 @@ from oes_mri.nets.generator import ArchConfig
 from oes_mri.physics.coils import lowres_maps
 from oes_mri.physics.masks import fastmri_mask
 from oes_mri.solvers import sparse_dip
-from oes_mri.solvers.dip import FitDiverged
+from oes_mri.solvers.dip import FitDiverged, split_objective
 from oes_mri.solvers.sparse_dip import DipConfig, SliceData, reconstruct_dip, reconstruct_dip_batch
 from tests.conftest import phantom_image
 
@@ -80,6 +80,14 @@ def test_batched_fit_keeps_pruned_weights_zero():
             assert torch.any(params[n][m] != 0)
 
 
+def _times(loss_fn, factor):
+    """``loss_fn`` with its fit loss multiplied by ``factor`` (a scalar or a (fit, held-out) pair)."""
+    def scaled(out):
+        loss, val = split_objective(loss_fn(out))
+        return loss * factor if val is None else (loss * factor, val)
+    return scaled
+
+
 def test_divergence_retries_at_half_the_lr(monkeypatch):
     """A NaN loss makes the fit raise FitDiverged; reconstruct_dip retries at half the lr."""
     real_fit, calls = sparse_dip.fit, []
@@ -87,7 +95,7 @@ def test_divergence_retries_at_half_the_lr(monkeypatch):
     def flaky(gen, loss_fn, steps, lr, *args, **kw):
         calls.append(lr)
         if len(calls) == 1:
-            return real_fit(gen, lambda out: loss_fn(out) * float("nan"), steps, lr, *args, **kw)
+            return real_fit(gen, _times(loss_fn, float("nan")), steps, lr, *args, **kw)
         return real_fit(gen, loss_fn, steps, lr, *args, **kw)
 
     monkeypatch.setattr(sparse_dip, "fit", flaky)
@@ -100,7 +108,7 @@ def test_divergence_retries_at_half_the_lr(monkeypatch):
 
 def test_divergence_gives_up_after_retries(monkeypatch):
     real_fit = sparse_dip.fit
-    monkeypatch.setattr(sparse_dip, "fit", lambda g, f, *a, **k: real_fit(g, lambda o: f(o) * float("inf"), *a, **k))
+    monkeypatch.setattr(sparse_dip, "fit", lambda g, f, *a, **k: real_fit(g, _times(f, float("inf")), *a, **k))
     x = _slices(1)[0]
     with pytest.raises(FitDiverged):
         reconstruct_dip(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="dense", retries=1), x.recon_size)

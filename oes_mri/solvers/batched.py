@@ -22,8 +22,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from oes_mri.optim import fit_optimizer
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.solvers.dip import FitResult, use_cuda_graph
-from oes_mri.solvers.loop import Record, check_finite, run_steps
+from oes_mri.solvers.dip import FitResult, split_objective, stop_outcome, use_cuda_graph
+from oes_mri.solvers.loop import Record, StepBudget, ValidationStop, check_finite, run_steps
 
 
 def _stacked_masks(params: dict[str, torch.Tensor], masks: Sequence[WeightMask | None]) -> dict[str, torch.Tensor]:
@@ -41,17 +41,19 @@ def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Te
                 lr: float = 1e-2, weight_masks: Sequence[WeightMask | None] | None = None, log_every: int = 50,
                 monitors: Sequence[Callable[[torch.Tensor], dict] | None] | None = None,
                 progress: Callable[[int, dict], None] | None = None, cuda_graph: bool = False,
-                schedule: str = "constant") -> list[FitResult]:
+                schedule: str = "constant", stop: ValidationStop | StepBudget | None = None) -> list[FitResult]:
     """Fit ``gens[b]`` to minimise ``loss_fns[b](gens[b]())`` for every b at once (Adam).
 
     Args:
         gens: B generators of one architecture and output size (their weights are updated
             in place at the end).
-        loss_fns: B scalar data terms.
+        loss_fns: B data terms, each a scalar or ``(fit loss, validation loss)`` (all alike).
         steps, lr, log_every, cuda_graph, schedule: as in :func:`~oes_mri.solvers.dip.fit`.
         weight_masks: B masks (``None`` entries: dense).
         monitors: B optional ``monitor(output) -> dict`` called every ``log_every`` steps.
         progress: ``progress(step, {'loss': mean loss, **monitor of the first slice})``.
+        stop: the stopping rule for the B slices; each slice's chosen iterate is frozen when its
+            rule fires (as in a one-slice fit), and the batch stops when every slice has.
 
     Returns:
         B :class:`~oes_mri.solvers.dip.FitResult` (outputs ``(K, H, W)``).
@@ -79,28 +81,40 @@ def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Te
     opt, after_step = fit_optimizer(params.values(), lr, steps, schedule, capturable=graph)
     record, logs = Record(steps), [[] for _ in range(B)]
 
-    def step() -> tuple[torch.Tensor, torch.Tensor]:
+    def step() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         eff = {n: p * stacked[n] if n in stacked else p for n, p in params.items()}
         out = batched(eff, buffers)
-        each = torch.stack([fn(out[b]) for b, fn in enumerate(loss_fns)])
+        pairs = [split_objective(fn(out[b])) for b, fn in enumerate(loss_fns)]
+        each = torch.stack([p[0] for p in pairs])
+        val = torch.stack([p[1] for p in pairs]).detach() if pairs[0][1] is not None else None
         opt.zero_grad(set_to_none=True)
         each.sum().backward()
         opt.step()
-        return out.detach(), each.detach()
+        return out.detach(), each.detach(), val
 
-    def on_log(i: int, out: torch.Tensor, each: torch.Tensor) -> None:
+    def on_log(i: int, out: torch.Tensor, each: torch.Tensor) -> bool:
         values = check_finite(each, i)
+        vals = record.vals[i - 1].tolist() if record.vals is not None else None
+        done = stop is not None and stop(record, i, out, last=i == steps)
         for b, mon in enumerate(monitors):
             if mon is not None:
-                logs[b].append({"step": i, "loss": values[b], **mon(out[b])})
+                logs[b].append({"step": i, "loss": values[b], **({"val": vals[b]} if vals else {}), **mon(out[b])})
         if progress is not None:
             progress(i, {**(logs[0][-1] if logs[0] else {}), "loss": sum(values) / B})
+        return done
 
     out, _ = run_steps(step, steps, record, log_every, on_log, graph, after_step)
     with torch.no_grad():
         for b, g in enumerate(gens):
             for n, p in g.named_parameters():
                 p.copy_(params[n][b])
-    per_slice = record.losses.T.tolist()
-    return [FitResult(out[b], record.best[b].clone(), float(record.best_loss[b]), None, per_slice[b], logs[b])
-            for b in range(B)]
+    n = record.steps_run()
+    results = []
+    for b in range(B):
+        steps_b, reason = stop_outcome(stop, b, n)
+        vals = record.vals[:steps_b, b].tolist() if record.vals is not None else []
+        results.append(FitResult(out[b], record.best[b].clone(), float(record.best_score[b]), None,
+                                 record.losses[:steps_b, b].tolist(), [r for r in logs[b] if r["step"] <= steps_b],
+                                 vals, int(record.best_step[b]),
+                                 steps_b, reason))
+    return results

@@ -23,34 +23,59 @@ import torch
 from torch import nn
 
 from oes_mri.optim import fit_optimizer
+from oes_mri.physics.holdout import KspaceSplit
 from oes_mri.physics.sense import CoilOp, SenseOp
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.solvers.loop import FitDiverged, Record, check_finite, run_steps  # noqa: F401 (FitDiverged: API)
+from oes_mri.solvers.loop import (FitDiverged, Record, StepBudget, ValidationStop,  # noqa: F401 (FitDiverged: API)
+                                  check_finite, run_steps)
 
 
 class KspaceProblem(NamedTuple):
-    """A scaled k-space fitting problem.
+    """A scaled k-space fitting problem, optionally with held-out samples.
+
+    The residual ``r = A G(z) - y_s`` is computed once over every measured sample; the fit
+    loss sums ``|r|^2`` over the fit set, the validation loss over the held-out set (both
+    normalised by the energy of ``y_s`` on that set: 1 is the error of predicting zeros).
 
     Attributes:
-        y: scaled measured k-space ``s * y``, ``(C, H, W)``.
-        op: ``SenseOp`` (generator makes 1 image) or ``CoilOp`` (C coil images).
+        y: scaled measured k-space ``s * y``, ``(C, H, W)`` (every measured sample).
+        op: ``SenseOp`` (generator makes 1 image) or ``CoilOp`` (C coil images), with the
+            measured mask.
         scale: ``s``; divide generator images by it to return to the data's scale.
-        y_norm2: ``||s y||^2``.
+        y_norm2: ``||M_fit s y||^2``.
+        fit_mask: ``M_fit`` (``None``: every measured sample is fitted).
+        val_mask: ``M_val`` (``None``: nothing held out).
+        val_norm2: ``||M_val s y||^2`` (``None`` without a hold-out).
     """
 
     y: torch.Tensor
     op: nn.Module
     scale: float
     y_norm2: torch.Tensor
+    fit_mask: torch.Tensor | None = None
+    val_mask: torch.Tensor | None = None
+    val_norm2: torch.Tensor | None = None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``A`` applied to generator output ``(K, H, W)``."""
         return self.op(images[0]) if isinstance(self.op, SenseOp) else self.op(images)
 
-    def loss(self, images: torch.Tensor) -> torch.Tensor:
-        """``||A x - y_s||^2 / ||y_s||^2``."""
+    def _error(self, images: torch.Tensor) -> torch.Tensor:
         r = self.forward(images) - self.y
-        return (r.real.square() + r.imag.square()).sum() / self.y_norm2
+        return r.real.square() + r.imag.square()
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        """The fit loss ``||M_fit (A x - y_s)||^2 / ||M_fit y_s||^2``."""
+        e = self._error(images)
+        return (e if self.fit_mask is None else e * self.fit_mask).sum() / self.y_norm2
+
+    def objective(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(fit loss, validation loss)`` from one forward pass; the validation loss is
+        ``||M_val (A x - y_s)||^2 / ||M_val y_s||^2``, or ``None`` without a hold-out."""
+        if self.val_mask is None:
+            return self.loss(images), None
+        e = self._error(images)
+        return (e * self.fit_mask).sum() / self.y_norm2, (e * self.val_mask).sum() / self.val_norm2
 
     def coil_images(self, images: torch.Tensor) -> torch.Tensor:
         """Coil images ``(C, H, W)`` on the data's scale (``S x / s`` or ``x_c / s``)."""
@@ -59,14 +84,23 @@ class KspaceProblem(NamedTuple):
 
 
 def make_problem(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | None,
-                 init_output: torch.Tensor) -> KspaceProblem:
-    """Build the scaled problem for a generator whose output at init is ``init_output``."""
-    op = SenseOp(maps, mask) if maps is not None else CoilOp(mask)
-    op = op.to(kspace.device)
-    zf = op.adjoint(kspace)
+                 init_output: torch.Tensor, split: KspaceSplit | None = None) -> KspaceProblem:
+    """Build the scaled problem for a generator whose output at init is ``init_output``;
+    with ``split``, only ``split.fit`` is fitted and ``split.val`` is held out (the scale
+    ``s`` comes from the fit set)."""
+    def operator(m: torch.Tensor) -> nn.Module:
+        return (SenseOp(maps, m) if maps is not None else CoilOp(m)).to(kspace.device)
+
+    fit_mask = split.fit.to(kspace.device) if split is not None else mask
+    op = operator(mask)
+    zf = operator(fit_mask).adjoint(kspace)
     s = float(init_output.detach().norm() / zf.norm().clamp_min(1e-30))
     y = kspace * s
-    return KspaceProblem(y, op, s, (y.abs() ** 2).sum())
+    if split is None:
+        return KspaceProblem(y, op, s, (y.abs() ** 2).sum())
+    val_mask = split.val.to(kspace.device)
+    return KspaceProblem(y, op, s, ((y * fit_mask).abs() ** 2).sum(), fit_mask, val_mask,
+                         ((y * val_mask).abs() ** 2).sum())
 
 
 @dataclass
@@ -79,6 +113,27 @@ class FitResult:
     ema: torch.Tensor | None
     losses: list[float]
     monitor: list[dict] = field(default_factory=list)
+    val_losses: list[float] = field(default_factory=list)
+    """validation loss per step (empty without a hold-out)"""
+    best_step: int = 0
+    """1-based step of ``best`` (lowest validation loss, or fit loss without a hold-out)"""
+    steps: int = 0
+    """steps this slice ran: where its stopping rule fired, else every step"""
+    stop: str = "cap"
+    """why it stopped: "patience", "fallback" (uninformative hold-out) or "cap" """
+
+
+def split_objective(value: torch.Tensor | tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A loss function's value as ``(fit loss, validation loss or None)``: loss functions
+    return a scalar, or a pair (:meth:`KspaceProblem.objective`)."""
+    return value if isinstance(value, tuple) else (value, None)
+
+
+def stop_outcome(rule: ValidationStop | StepBudget | None, b: int, steps_run: int) -> tuple[int, str]:
+    """``(steps, reason)`` of slice ``b`` after a loop of ``steps_run`` steps."""
+    if rule is None or rule.stop_step[b] is None:
+        return steps_run, "cap"
+    return rule.stop_step[b], rule.reason[b]
 
 
 def generator_forward(gen: nn.Module, compile: bool = False, amp: bool = False) -> Callable[..., torch.Tensor]:
@@ -125,13 +180,15 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         monitor: Callable[[torch.Tensor], dict] | None = None,
         progress: Callable[[int, dict], None] | None = None, compile: bool = False,
         amp: bool = False, cuda_graph: bool = False, input_jitter: float = 0.0, jitter_seed: int = 0,
-        schedule: str = "constant") -> FitResult:
+        schedule: str = "constant", stop: ValidationStop | StepBudget | None = None) -> FitResult:
     """Fit ``gen`` to minimise ``loss_fn(gen())`` with Adam (in place).
 
     Args:
         gen: generator (dense, or pruned by ``weight_mask``).
-        loss_fn: scalar data term of the generator output.
-        steps: iterations.
+        loss_fn: data term of the generator output: a scalar, or ``(fit loss, validation
+            loss)`` (:meth:`KspaceProblem.objective`); with a validation loss, ``best`` is the
+            lowest-validation iterate.
+        steps: iterations (the cap, with ``stop``).
         lr: Adam learning rate (of the first step).
         weight_mask: kept weights; pruned ones are zeroed and stay exactly zero.
         ema_decay: if set, also return ``ema = d * ema + (1 - d) * output``.
@@ -149,6 +206,7 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         jitter_seed: seed of that noise.
         schedule: learning-rate schedule over the ``steps``, "constant" or "cosine" (decays to 0;
             :func:`oes_mri.optim.lr_schedule`).
+        stop: the self-validation stopping rule (one slice), checked every ``log_every`` steps.
 
     Raises:
         FitDiverged: a NaN/Inf loss (the caller retries with a smaller learning rate).
@@ -162,25 +220,30 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
     opt, after_step = fit_optimizer(gen.parameters(), lr, steps, schedule, capturable=graph)
     record, logs = Record(steps, ema_decay), []
 
-    def step() -> tuple[torch.Tensor, torch.Tensor]:
+    def step() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         out = forward()
-        loss = loss_fn(out)
+        loss, val = split_objective(loss_fn(out))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if weight_mask is not None:
             weight_mask.reapply_(gen)
-        return out.detach(), loss.detach()
+        return out.detach(), loss.detach(), None if val is None else val.detach()
 
-    def on_log(i: int, out: torch.Tensor, loss: torch.Tensor) -> None:
+    def on_log(i: int, out: torch.Tensor, loss: torch.Tensor) -> bool:
+        info = {"loss": check_finite(loss, i)[0]}
+        if record.vals is not None:
+            info["val"] = float(record.vals[i - 1])
+        done = stop is not None and stop(record, i, out, last=i == steps)
         if monitor is not None and input_jitter:
             with torch.no_grad():
                 out = clean()                            # monitor the clean-input output
-        info = {"loss": check_finite(loss, i)[0], **(monitor(out) if monitor is not None else {})}
+        info.update(monitor(out) if monitor is not None else {})
         if monitor is not None:
             logs.append({"step": i, **info})
         if progress is not None:
             progress(i, info)
+        return done
 
     try:
         out, _ = run_steps(step, steps, record, log_every, on_log, graph, after_step)
@@ -191,4 +254,7 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         for h in handles:
             h.remove()
     ema = record.ema.clone() if record.ema is not None else None
-    return FitResult(out, record.best.clone(), float(record.best_loss), ema, record.losses.tolist(), logs)
+    n = record.steps_run()
+    vals = record.vals[:n].tolist() if record.vals is not None else []
+    return FitResult(out, record.best.clone(), float(record.best_score), ema, record.losses[:n].tolist(), logs,
+                     vals, int(record.best_step), *stop_outcome(stop, 0, n))

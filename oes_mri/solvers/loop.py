@@ -1,6 +1,7 @@
-"""The step loop under every fit: run a training step ``steps`` times, keep the record (loss
-per step, the lowest-loss iterate, an optional output average) on the device, and look at it
-(divergence, monitoring, progress) only every ``log_every`` steps.
+"""The step loop under every fit: run a training step up to ``steps`` times, keep the record
+(fit and validation loss per step, the chosen iterate, an optional output average) on the
+device, and look at it (divergence, monitoring, progress, the stopping rule) only every
+``log_every`` steps.
 
 On CUDA the step can be captured once into a CUDA graph and replayed: one fit step of the
 OES hourglass is hundreds of small kernels whose launch cost, not the arithmetic, sets the
@@ -18,40 +19,133 @@ from typing import Callable
 
 import torch
 
-Step = Callable[[], tuple[torch.Tensor, torch.Tensor]]
-"""One training step; returns the detached output and loss (scalar, or ``(B,)`` for a batch)."""
+Step = Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+"""One training step; returns the detached output, fit loss and validation loss (``None``
+without a hold-out); losses are scalars, or ``(B,)`` for a batch."""
 
 WARMUP = 3
 """Eager steps before a CUDA graph is captured."""
 
 
 class Record:
-    """Losses per step, lowest-loss iterate and output average, updated in place on the device.
+    """Losses per step, the chosen iterate and an output average, updated in place on the device.
+
+    The chosen iterate is the one with the lowest score: the validation loss when the step
+    gives one (self-validation), else the fit loss. A slice whose stopping rule has fired is
+    ``frozen``: its chosen iterate no longer changes, although a batch it belongs to goes on.
 
     Attributes:
-        losses: ``(steps, *loss.shape)``.
-        best, best_loss: the output with the lowest loss so far and that loss (per slice).
+        losses: fit losses ``(steps, *loss.shape)``; vals: validation losses, same shape, or ``None``.
+        best, best_score, best_step: the chosen output, its score and its 1-based step (per slice).
+        frozen: bool, per slice.
         ema: ``d * ema + (1 - d) * output`` when ``ema_decay`` is set (starts at the first output).
     """
 
     def __init__(self, steps: int, ema_decay: float | None = None) -> None:
         self.steps, self.ema_decay = steps, ema_decay
-        self.losses = self.best = self.best_loss = self.ema = self.index = None
+        self.losses = self.vals = self.best = self.best_score = self.best_step = self.frozen = None
+        self.ema = self.index = None
 
-    def update(self, out: torch.Tensor, loss: torch.Tensor) -> None:
+    def update(self, out: torch.Tensor, loss: torch.Tensor, val: torch.Tensor | None = None) -> None:
         """Record one step (in place: safe inside a CUDA graph after the first call)."""
+        score = loss if val is None else val
         if self.losses is None:
             self.losses = torch.zeros((self.steps, *loss.shape), device=loss.device)
-            self.index = torch.zeros(1, dtype=torch.long, device=loss.device)
-            self.best, self.best_loss = out.clone(), loss.clone()
+            self.vals = torch.zeros_like(self.losses) if val is not None else None
+            self.index = torch.zeros((), dtype=torch.long, device=loss.device)
+            self.best, self.best_score = out.clone(), torch.full_like(score, math.inf)
+            self.best_step = torch.zeros(score.shape, dtype=torch.long, device=loss.device)
+            self.frozen = torch.zeros(score.shape, dtype=torch.bool, device=loss.device)
             self.ema = out.clone() if self.ema_decay is not None else None
-        self.losses.index_copy_(0, self.index, loss.unsqueeze(0))
+        self.losses.index_copy_(0, self.index.view(1), loss.unsqueeze(0))
+        if val is not None:
+            self.vals.index_copy_(0, self.index.view(1), val.unsqueeze(0))
         self.index += 1
-        better = loss < self.best_loss
+        better = (score < self.best_score) & ~self.frozen
         self.best.copy_(torch.where(better.view(*better.shape, *[1] * (out.dim() - better.dim())), out, self.best))
-        torch.minimum(self.best_loss, loss, out=self.best_loss)
+        self.best_score.copy_(torch.where(better, score, self.best_score))
+        self.best_step.copy_(torch.where(better, self.index, self.best_step))
         if self.ema is not None:
             self.ema.mul_(self.ema_decay).add_(out, alpha=1 - self.ema_decay)
+
+    def take(self, b: int, out: torch.Tensor, step: int) -> None:
+        """Make slice ``b``'s output at ``step`` (``out``, the step's output) its chosen iterate."""
+        batched = self.best_score.dim() > 0
+        (self.best[b] if batched else self.best).copy_(out[b] if batched else out)
+        scores = self.vals if self.vals is not None else self.losses
+        self.best_score.view(-1)[b] = scores[step - 1].view(-1)[b]
+        self.best_step.view(-1)[b] = step
+
+    def steps_run(self) -> int:
+        """Steps recorded so far (one host sync)."""
+        return int(self.index)
+
+
+class ValidationStop:
+    """The self-validation stopping rule, decided every ``log_every`` steps (one host sync).
+
+    A slice stops when its validation loss has not improved for ``patience`` steps; its
+    chosen iterate is then the best-validation one. A validation set that carries no
+    information (best relative error still >= ``informative``: no better than predicting
+    zeros by more than ``1 - informative``) cannot choose: the slice then runs to
+    ``fallback_steps`` (or the cap) and its chosen iterate is the output at that step.
+
+    Attributes:
+        stop_step: per slice, the step at which its rule fired (``None`` while it runs).
+        reason: per slice, ``"patience"``, ``"fallback"`` (uninformative) or ``"cap"``.
+    """
+
+    def __init__(self, slices: int, patience: int, informative: float = 0.95, fallback_steps: int = 0) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1 step, got {patience}")
+        self.patience, self.informative, self.fallback_steps = patience, informative, fallback_steps
+        self.stop_step: list[int | None] = [None] * slices
+        self.reason = [""] * slices
+
+    def _stop(self, record: Record, b: int, step: int, reason: str) -> None:
+        self.stop_step[b], self.reason[b] = step, reason
+        record.frozen.view(-1)[b] = True
+
+    def __call__(self, record: Record, step: int, out: torch.Tensor, last: bool = False) -> bool:
+        """Decide after ``step`` (``out``: its output); ``last``: the cap is reached.
+        Returns whether every slice has stopped."""
+        best = record.best_score.reshape(-1).tolist()
+        best_step = record.best_step.reshape(-1).tolist()
+        for b, done in enumerate(self.stop_step):
+            if done is not None:
+                continue
+            if best[b] < self.informative:
+                if step - best_step[b] >= self.patience:
+                    self._stop(record, b, step, "patience")
+                elif last:
+                    self._stop(record, b, step, "cap")
+            elif last or step >= self.fallback_steps:
+                record.take(b, out, step)
+                self._stop(record, b, step, "fallback")
+        return all(s is not None for s in self.stop_step)
+
+
+class StepBudget:
+    """Stop each slice at its own step budget (at the first log step at or after it); its
+    chosen iterate is its output there. The refit of self-validation: every sample fitted for
+    as many steps as the held-out fit chose.
+
+    Attributes:
+        stop_step, reason: as :class:`ValidationStop` (reason ``"budget"``).
+    """
+
+    def __init__(self, budgets: list[int]) -> None:
+        self.budgets = list(budgets)
+        self.stop_step: list[int | None] = [None] * len(budgets)
+        self.reason = ["budget"] * len(budgets)
+
+    def __call__(self, record: Record, step: int, out: torch.Tensor, last: bool = False) -> bool:
+        for b, budget in enumerate(self.budgets):
+            if self.stop_step[b] is None and (step >= budget or last):
+                record.take(b, out, step)
+                record.frozen.view(-1)[b] = True
+                self.stop_step[b] = step
+        return all(s is not None for s in self.stop_step)
 
 
 class FitDiverged(RuntimeError):
@@ -68,10 +162,11 @@ def check_finite(loss: torch.Tensor, step: int) -> list[float]:
 
 
 def run_steps(step: Step, steps: int, record: Record, log_every: int,
-              on_log: Callable[[int, torch.Tensor, torch.Tensor], None], cuda_graph: bool = False,
+              on_log: Callable[[int, torch.Tensor, torch.Tensor], bool | None], cuda_graph: bool = False,
               after_step: Callable[[int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``step`` ``steps`` times, recording each; ``on_log(step, out, loss)`` every
-    ``log_every`` steps and at the end. Returns the last output and loss.
+    """Run ``step`` up to ``steps`` times, recording each; ``on_log(step, out, loss)`` every
+    ``log_every`` steps and at the end; a true return value stops the loop there (a stopping
+    rule). Returns the last output and loss (``record.steps_run()`` tells how many ran).
 
     Args:
         cuda_graph: capture the step into a CUDA graph after :data:`WARMUP` eager steps and
@@ -80,8 +175,8 @@ def run_steps(step: Step, steps: int, record: Record, log_every: int,
             learning-rate schedule, :func:`oes_mri.optim.lr_schedule`).
     """
     def once() -> tuple[torch.Tensor, torch.Tensor]:
-        out, loss = step()
-        record.update(out, loss)
+        out, loss, val = step()
+        record.update(out, loss, val)
         return out, loss
 
     graph, eager = None, steps if not cuda_graph else min(WARMUP, steps)
@@ -102,6 +197,6 @@ def run_steps(step: Step, steps: int, record: Record, log_every: int,
             graph.replay()
         if after_step is not None:
             after_step(i + 1)
-        if (i + 1) % log_every == 0 or i + 1 == steps:
-            on_log(i + 1, out, loss)
+        if ((i + 1) % log_every == 0 or i + 1 == steps) and on_log(i + 1, out, loss):
+            break
     return out.clone(), loss.clone()

@@ -1,0 +1,216 @@
+"""K-space self-validation: the split, the held-out loss, the stopping rule, held-out lambdas,
+and that no default path uses the ground truth."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from oes_mri.data.simulate import simulate_kspace
+from oes_mri.metrics import slice_metrics
+from oes_mri.nets.generator import ArchConfig
+from oes_mri.physics.coils import lowres_maps
+from oes_mri.physics.fft import fft2c
+from oes_mri.physics.holdout import split_mask
+from oes_mri.physics.masks import fastmri_mask, find_acs, poisson_mask
+from oes_mri.solvers.classical import cg_sense
+from oes_mri.solvers.combine import dc_rss
+from oes_mri.solvers.loop import Record, ValidationStop
+from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig, reconstruct_dip, reconstruct_dip_batch
+from oes_mri.solvers.tuning import choose_lambda
+from tests.conftest import phantom_image
+from tests.test_fit import _slices, exact_cuda, float64  # noqa: F401 (fixtures)
+
+SHAPE = (64, 36)
+
+
+@pytest.mark.parametrize("kind", ["points", "lines"])
+def test_split_keeps_acs_is_disjoint_and_seeded(kind):
+    SHAPE = (64, 128)
+    m = fastmri_mask(SHAPE, 4, 0.08, seed=0)
+    sp = split_mask(m.mask, SHAPE, 0.2, kind, seed=5)
+    full = m.mask.expand(SHAPE)
+    fit, val = sp.fit.expand(SHAPE), sp.val.expand(SHAPE)
+    assert sp.fit.shape == sp.val.shape == ((1, SHAPE[1]) if kind == "lines" else SHAPE)
+    assert torch.equal(fit + val, full) and not (fit * val).any()            # disjoint, the measured set
+    rows, cols = find_acs(m.mask, SHAPE)        # the centre run, at least the nominal ACS
+    assert cols.start <= m.acs[1].start and cols.stop >= m.acs[1].stop
+    assert torch.equal(fit[rows, cols], full[rows, cols]) and not val[rows, cols].any()
+    free = int(full.sum() - full[rows, cols].sum())
+    held = int(val.sum()) if kind == "points" else int(sp.val.sum())
+    assert held == max(1, round(0.2 * (free if kind == "points" else free // SHAPE[0]))) > 1
+    again, other = split_mask(m.mask, SHAPE, 0.2, kind, seed=5), split_mask(m.mask, SHAPE, 0.2, kind, seed=6)
+    assert torch.equal(again.val, sp.val) and not torch.equal(other.val, sp.val)
+
+
+def test_split_refuses_what_it_cannot_do():
+    m = fastmri_mask(SHAPE, 4, 0.16, seed=0)
+    with pytest.raises(ValueError, match="column mask"):
+        split_mask(poisson_mask(SHAPE, 4, (8, 8), seed=0).mask, SHAPE, 0.1, "lines")
+    with pytest.raises(ValueError, match="share"):
+        split_mask(m.mask, SHAPE, 1.0)
+    with pytest.raises(ValueError, match="outside the calibration"):
+        split_mask(torch.ones(1, SHAPE[1]), SHAPE, 0.1)
+    with pytest.raises(ValueError):
+        ValidationConfig(share=0.1, shape="rings")
+    assert ValidationConfig().split(poisson_mask(SHAPE, 4, (8, 8), seed=0).mask, SHAPE, 0).fit.shape == SHAPE
+
+
+def test_poisson_split_keeps_its_acs_block():
+    pm = poisson_mask(SHAPE, 4, (8, 8), seed=0)
+    sp = split_mask(pm.mask, SHAPE, 0.3, "points", seed=0)
+    rows, cols = find_acs(pm.mask, SHAPE)
+    assert sp.fit[rows, cols].all() and torch.equal(sp.fit + sp.val, pm.mask)
+
+
+def _replay(vals: list[float], rule: ValidationStop, log_every: int) -> tuple[Record, int]:
+    """Feed ``vals`` through a Record as a fit would (output = its step number)."""
+    rec = Record(len(vals))
+    for i, v in enumerate(vals, 1):
+        rec.update(torch.full((1, 2, 2), float(i)), torch.tensor(1.0 / i), torch.tensor(v))
+        if (i % log_every == 0 or i == len(vals)) and rule(rec, i, torch.full((1, 2, 2), float(i)), i == len(vals)):
+            return rec, i
+    return rec, len(vals)
+
+
+def test_rule_stops_after_patience_at_the_lowest_held_out_loss():
+    """A held-out curve that falls to step 300 and rises (overfitting), with noise: the rule
+    returns the iterate of its minimum and stops ``patience`` steps later (at a log step)."""
+    t = np.arange(1, 1001)
+    vals = 0.3 + 0.5 * np.exp(-t / 80) + 1e-6 * (t - 300) ** 2 + 0.002 * np.random.default_rng(0).standard_normal(1000)
+    rule = ValidationStop(1, patience=200, informative=0.95)
+    rec, stopped = _replay(vals.tolist(), rule, log_every=25)
+    best = int(np.argmin(vals[:stopped])) + 1
+    assert rule.reason == ["patience"] and stopped == 25 * -(-(best + 200) // 25)
+    assert int(rec.best_step) == best and float(rec.best[0, 0, 0]) == best      # the iterate of that step
+    assert abs(best - 300) < 60                                                # near the true minimum
+
+
+def test_rule_falls_back_when_the_held_out_set_is_uninformative():
+    """Held-out error never below the threshold (no better than zeros): no early stop on a
+    noise minimum; the output is the iterate at ``fallback_steps``."""
+    vals = (1.2 - 0.1 * np.exp(-np.arange(1, 601) / 5.0)).tolist()     # minimum at step 1..., all >= 1.1
+    rule = ValidationStop(1, patience=50, informative=0.95, fallback_steps=400)
+    rec, stopped = _replay(vals, rule, log_every=25)
+    assert (stopped, rule.reason[0], int(rec.best_step), float(rec.best[0, 0, 0])) == (400, "fallback", 400, 400.0)
+
+
+def test_rule_freezes_each_slice_of_a_batch():
+    """Per slice: a stopped slice keeps its iterate while the others go on."""
+    rec, rule = Record(100), ValidationStop(2, patience=20)
+    for i in range(1, 101):
+        v = torch.tensor([0.5 + abs(i - 10) / 100, 0.9 - i / 1000])      # slice 0: min at 10; slice 1: falls
+        out = torch.full((2, 1, 1, 1), float(i))
+        rec.update(out, torch.ones(2), v)
+        if i % 10 == 0 and rule(rec, i, out, i == 100):
+            break
+    assert rule.stop_step == [30, 100] and rule.reason == ["patience", "cap"]
+    assert rec.best_step.tolist() == [10, 100] and rec.best[:, 0, 0, 0].tolist() == [10.0, 100.0]
+
+
+def test_held_out_loss_is_the_relative_error_on_the_held_out_samples():
+    """The recorded validation loss of the returned iterate equals a direct computation."""
+    x = _slices(1)[0]
+    cfg = DipConfig(pruning="dense", arch=ArchConfig("hourglass-tiny"), steps=30, log_every=10,
+                    validation=ValidationConfig(share=0.2, patience=10, informative=math.inf))
+    out = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
+    h = out.history
+    split = cfg.validation.split(x.mask, tuple(x.kspace.shape[-2:]), cfg.seed)
+    k = fft2c(out.coil_images) * x.mask
+    direct = float(((k - x.kspace) * split.val).abs().square().sum() / (x.kspace * split.val).abs().square().sum())
+    assert np.isclose(h["val_losses"][h["best_step"] - 1], direct, rtol=1e-3)
+    assert h["val_losses"][h["best_step"] - 1] == min(h["val_losses"])
+    assert len(h["losses"]) == len(h["val_losses"]) == h["steps"] <= 30
+
+
+def test_batched_validation_curve_equals_one_at_a_time(float64):  # noqa: F811
+    """Batched slices record the same held-out curves and stop at the same steps, in float64
+    (rounding bound as in test_fit's float64 fixture)."""
+    xs = [float64(x) for x in _slices(3)]
+    cfg = DipConfig(pruning="random", arch=ArchConfig("hourglass-tiny"), density=0.2, steps=40, log_every=4,
+                    validation=ValidationConfig(share=0.2, patience=8))
+    batch = reconstruct_dip_batch(xs, cfg)
+    for x, b in zip(xs, batch):
+        one = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
+        assert (b.history["steps"], b.history["best_step"], b.history["stop"]) == \
+               (one.history["steps"], one.history["best_step"], one.history["stop"])
+        assert np.allclose(b.history["val_losses"], one.history["val_losses"], rtol=1e-6, atol=0)
+        assert (b.coil_images - one.coil_images).abs().max() < 1e-5 * one.coil_images.abs().max()
+
+
+def test_folds_average_k_fits_on_different_splits():
+    x = _slices(1)[0]
+    cfg = DipConfig(pruning="dense", arch=ArchConfig("hourglass-tiny"), steps=12, log_every=4,
+                    validation=ValidationConfig(share=0.2, patience=100, folds=2))
+    out = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
+    one = [reconstruct_dip(x.kspace, x.mask, x.maps, dataclasses.replace(cfg, validation=dataclasses.replace(
+        cfg.validation, folds=1)), x.recon_size)]
+    assert out.history["fold_steps"] == [12, 12] and out.history["steps"] == 24
+    assert (out.coil_images - one[0].coil_images).abs().max() > 0          # fold 1 differs from fold 0
+    assert torch.isfinite(out.coil_images).all()
+
+
+@pytest.mark.parametrize("snr", [10.0, 40.0])
+def test_held_out_lambda_is_near_the_oracle(snr):
+    """CG-SENSE on a noisy 3x case: the weight chosen by held-out error scores within 0.5 dB of
+    the best weight of the grid (chosen with the target), and the grid's ends are far worse."""
+    sim = simulate_kspace(phantom_image(32, 0)[None], num_coils=4, snr=snr, seed=1)
+    k = torch.from_numpy(sim["kspace"][0])
+    m = fastmri_mask(k.shape[-2:], 3, 0.15, seed=0)
+    y = k * m.mask + 0.0
+    maps = lowres_maps(y, m.acs)
+    grid = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
+    choice = choose_lambda(lambda kk, mm, lam: cg_sense(kk, mm, maps, lam, 50), y,
+                           split_mask(m.mask, tuple(k.shape[-2:]), 0.2, "points", seed=0), grid)
+    psnr = {lam: slice_metrics(sim["reconstruction_rss"][0],
+                               dc_rss(cg_sense(y, m.mask, maps, lam, 50).coil_images, y, m.mask,
+                                      sim["recon"]).numpy())[0] for lam in grid}
+    best = max(psnr.values())
+    assert psnr[choice.lamda] > best - 0.5
+    assert min(psnr[grid[0]], psnr[grid[-1]]) < best - 1.0
+
+
+def test_same_image_without_the_target(tmp_path, tiny_file):
+    """No ground truth in any default path: a file without its target gives the same
+    reconstruction as the same file with it (the CLI, every method kind)."""
+    from oes_mri.recon import main
+
+    a, b = tmp_path / "with", tmp_path / "without"
+    a.mkdir(), b.mkdir()
+    shutil.copy(tiny_file, a / tiny_file.name)
+    shutil.copy(tiny_file, b / tiny_file.name)
+    with h5py.File(b / tiny_file.name, "a") as f:
+        del f["reconstruction_rss"]
+    recons = []
+    for folder in (a, b):
+        argv = ["--data", str(folder / tiny_file.name), "--out", str(folder / "out"), "--methods", "oes,l1,sense",
+                "--arch", "hourglass-tiny", "--steps", "20", "--mask-steps", "5", "--patience", "8",
+                "--slices", "0", "--quiet", "--no-figures", "--center-fraction", "0.16"]
+        assert main(argv) == 0
+        recons.append({m: h5py.File(folder / "out" / m / tiny_file.name)["reconstruction"][()]
+                       for m in ("oes", "l1", "sense")})
+    for m in recons[0]:
+        assert np.array_equal(recons[0][m], recons[1][m]), m
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cuda_graph_records_the_eager_validation_curve(exact_cuda):  # noqa: F811
+    """A replayed CUDA-graph fit records the eager fit's held-out curve, to rounding as Adam
+    amplifies it (test_fit.GRAPH_GAP), and the rule stops both (the stop flags live on the device)."""
+    from tests.test_fit import GRAPH_GAP, _log_gap
+
+    x = _slices(1)[0]
+    x = x._replace(kspace=x.kspace.cuda(), mask=x.mask.cuda(), maps=x.maps.cuda())
+    cfg = DipConfig(pruning="dense", arch=ArchConfig("hourglass-tiny"), steps=20, lr=1e-3, log_every=5,
+                    validation=ValidationConfig(share=0.2, patience=5, informative=math.inf))
+    a = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
+    b = reconstruct_dip(x.kspace, x.mask, x.maps, dataclasses.replace(cfg, cuda_graph=True), x.recon_size)
+    n = min(len(a.history["val_losses"]), len(b.history["val_losses"]))
+    assert _log_gap(a.history["val_losses"][:n], b.history["val_losses"][:n]) < GRAPH_GAP
+    assert len(b.history["val_losses"]) == b.history["steps"] <= 20
