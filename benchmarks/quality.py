@@ -79,11 +79,12 @@ def default_files() -> list[Path]:
     return [sample_path()] + ([brain] if brain.exists() else [])
 
 
-def prepare(path: Path, accel: float, device: torch.device = torch.device("cpu")) -> Case:
-    """The middle slice of ``path`` under the CLI's default fastMRI random mask, on ``device``."""
+def prepare(path: Path, accel: float, device: torch.device = torch.device("cpu"), readout: str = "full") -> Case:
+    """The middle slice of ``path`` under the CLI's default fastMRI random mask, on ``device``
+    (``readout``: as ``prepare_slice``; "full" for the rows made before readout cropping)."""
     info = read_info(path)
     smask = volume_sampling_mask(info, RunConfig(data=path, out=Path("."), methods=[], accel=accel))
-    x = prepare_slice(info, smask, info.num_slices // 2, device, MapCache(cache_dir() / "maps"),
+    x = prepare_slice(info, smask, info.num_slices // 2, device, MapCache(cache_dir() / "maps"), readout,
                       mask_seed="None", accel=accel, cf=None)
     return Case(path.stem, accel, round(smask.acceleration, 2), x)
 

@@ -143,14 +143,15 @@ def report(rows: Rows, out: Path, patiences: list[int]) -> None:
     if curves:
         lines += ["## Held-out curves, rule replayed", "",
                   "Fits to the step cap with the held-out loss recorded at every step; the rule replayed for "
-                  "each patience (PSNR/SSIM of the chosen step read at the nearest logged step). "
-                  "gap = oracle peak - chosen.", "",
+                  f"each patience, with the default informative threshold ({ValidationConfig.informative:g}) and "
+                  "the cap as the fallback budget (PSNR/SSIM of the chosen step read at the nearest logged "
+                  "step). gap = oracle peak of the same run - chosen.", "",
                   "| data | accel | method | seed | hold-out | patience | chosen step | stop step | PSNR | SSIM "
                   "| peak PSNR (step) | peak SSIM (step) | gap dB | gap SSIM |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(curves, key=lambda r: r["key"]):
             for p in patiences:
-                chosen, stop, why = replay(r["val"], p, 0.95, 10**9, 25)
+                chosen, stop, why = replay(r["val"], p, ValidationConfig.informative, 10**9, 25)
                 psnr, ssim = at_step(r["curve"], chosen)
                 lines.append(f"| {r['data']} | {r['accel']:.2f} | {r['method']} | {r['seed']} | {r['variant']} | {p} "
                              f"| {chosen} | {stop} ({why}) | {psnr:.2f} | {ssim:.3f} | {r['psnr_peak']:.2f} "

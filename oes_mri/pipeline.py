@@ -38,6 +38,7 @@ from oes_mri.fileid import file_identity
 from oes_mri.methods import REGISTRY, UNTRAINED, MethodSettings, SliceInput, run_batch, run_method
 from oes_mri.metrics import volume_metrics
 from oes_mri.physics.coils import MapCache, estimate_maps, map_cache_key
+from oes_mri.physics.fft import center_crop, crop_readout
 from oes_mri.physics.masks import SamplingMask, default_center_fraction, make_mask, volume_seed
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.combine import dc_rss
@@ -86,11 +87,13 @@ class RunConfig:
     overwrite: bool = False
     batch_slices: int = 1
     nifti: bool = False
+    readout: str = "crop"
 
     def fingerprint(self, method: str) -> dict:
         """The settings that determine a method's output (checked on resume)."""
         fp = {"accel": self.accel, "center_fraction": self.center_fraction, "mask_kind": self.mask_kind,
-              "seed": self.seed, "challenge": self.challenge, **REGISTRY[method].fingerprint(self.settings)}
+              "seed": self.seed, "challenge": self.challenge, "readout": self.readout,
+              **REGISTRY[method].fingerprint(self.settings)}
         if method in UNTRAINED:
             fp.update(device=self.device, batch_slices=self.batch_slices)
             if method == "oes":
@@ -126,17 +129,40 @@ def volume_sampling_mask(info: VolumeInfo, cfg: RunConfig) -> SamplingMask:
     return make_mask(kind, info.shape, cfg.accel, center_fraction(cfg, info, None), seed)
 
 
+READOUTS = ("crop", "full", "crop-maps")
+"""``crop``: remove readout oversampling before the fits (when the readout is fully sampled,
+i.e. a column mask); coil maps are estimated on the acquired readout and cropped;
+``full``: fit the acquired readout; ``crop-maps``: as ``crop`` with the maps estimated on the
+cropped k-space (measured in ``docs/self_validation.md``)."""
+
+
 def prepare_slice(info: VolumeInfo, smask: SamplingMask, index: int, device: torch.device,
-                  maps_cache: MapCache, **key: object) -> SliceInput:
+                  maps_cache: MapCache, readout: str = "crop", **key: object) -> SliceInput:
     """One slice ready for the methods: ``y = M k`` on ``device``, ESPIRiT maps (from
-    ``maps_cache`` under a key of the file, slice, mask and ``key``) and the target."""
+    ``maps_cache`` under a key of the file, slice, mask, readout and ``key``) and the target.
+
+    With ``readout="crop"`` and a column mask, the readout is cut to the recon size's field
+    of view first (:func:`~oes_mri.physics.fft.crop_readout`: the image on the recon grid is
+    unchanged, the fit has fewer pixels: half for fastMRI's 2x oversampling)."""
+    if readout not in READOUTS:
+        raise ValueError(f"readout {readout!r}: expected one of {', '.join(READOUTS)}")
     kspace, target = load_slice(info, index)
+    rows = info.header.recon_size[0]
+    crop = readout in ("crop", "crop-maps") and smask.mask.shape[0] == 1 and kspace.shape[-2] > rows
     mask = smask.mask.to(device)
     y = kspace.to(device) * mask + 0.0
     source = f"{info.path.name}:{index}"
-    ckey = map_cache_key(info.path, index, smask, mask_kind=smask.kind, **key)
-    maps = maps_cache.get_or_compute(ckey, lambda: estimate_maps(y, smask, source=source))
-    return SliceInput(y, mask, maps.maps.to(device), info.header.recon_size, target, source)
+    ckey = map_cache_key(info.path, index, smask, mask_kind=smask.kind, **key,
+                         maps_on="cropped" if crop and readout == "crop-maps" else "acquired")
+    if readout == "crop-maps" and crop:               # ESPIRiT on the cropped k-space (measured: not the default)
+        y = crop_readout(y, rows)
+        cropped = smask._replace(acs=(slice(0, rows), smask.acs[1]))
+        maps = maps_cache.get_or_compute(ckey, lambda: estimate_maps(y, cropped, source=source)).maps
+    else:                                             # ESPIRiT on the acquired readout, maps cropped
+        maps = maps_cache.get_or_compute(ckey, lambda: estimate_maps(y, smask, source=source)).maps
+        if crop:
+            y, maps = crop_readout(y, rows), center_crop(maps, (rows, maps.shape[-1]))
+    return SliceInput(y, mask, maps.to(device), info.header.recon_size, target, source)
 
 
 class SliceResult(NamedTuple):
@@ -254,7 +280,7 @@ class VolumeData:
 
     def slice_input(self, index: int) -> SliceInput:
         """Undersampled k-space, maps and target of one slice (maps from the disk cache)."""
-        return prepare_slice(self.info, self.smask, index, self.device, self.maps_cache,
+        return prepare_slice(self.info, self.smask, index, self.device, self.maps_cache, self.cfg.readout,
                              mask_seed=str(self.cfg.seed), accel=self.cfg.accel, cf=self.cfg.center_fraction)
 
     def given_mask(self) -> WeightMask | None:
@@ -379,9 +405,12 @@ class VolumeRun(VolumeData):
 
     def run(self) -> list[dict]:
         """Reconstruct every missing (slice, method), then write the volume's outputs."""
-        self.progress.volume(self.info.path.name, sum(map(len, self.todo().values())))
+        todo = self.todo()
+        self.progress.volume(self.info.path.name, sum(map(len, todo.values())))
         wm = self.weight_mask()
-        for results in self.reconstruct(self.todo(), wm, self.progress):
+        if self.cfg.mask_per == "volume" and "oes" in todo:      # the reference slice was just checkpointed
+            todo["oes"] = [i for i in todo["oes"] if not self.checkpoint("oes", i).exists()]
+        for results in self.reconstruct(todo, wm, self.progress):
             for r in results:
                 self.save(r)
             self.progress.done(f"{self.info.path.name} slice {','.join(str(r.index) for r in results)} "

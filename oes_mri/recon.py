@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                    default="auto", help="fastMRI random/equispaced columns, 2-D Poisson-disc, or the file's own "
                    "sampling ('mask' dataset, or the lines a scanner file acquired); auto (default): the file's "
                    "own when it is undersampled, else random")
+    g.add_argument("--readout", choices=["crop", "full"], default="crop",
+                   help="crop (default): remove readout oversampling before coil maps and fits when the "
+                   "readout is fully sampled (same image on the recon grid, half the pixels for fastMRI's 2x); "
+                   "full: fit the acquired readout")
     g.add_argument("--seed", type=int, default=None,
                    help="mask seed (default: fastMRI's per-volume seed tuple(map(ord, file name)))")
     g = p.add_argument_group("methods")
@@ -232,7 +236,7 @@ def make_config(args: argparse.Namespace):
                      settings=MethodSettings(dip=dip, tune=args.tune_lambda),
                      weight_mask=args.weight_mask, mask_per=args.mask_per, device=device,
                      overwrite=args.overwrite, batch_slices=args.batch_slices,
-                     nifti="nifti" in (args.save or ()))
+                     nifti="nifti" in (args.save or ()), readout=args.readout)
 
 
 def default_steps(device: str) -> int:

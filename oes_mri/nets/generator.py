@@ -43,10 +43,6 @@ class ArchConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ArchConfig":
-        return cls(**d)
-
 
 def _make_net(cfg: ArchConfig, out_channels: int) -> nn.Module:
     if cfg.name == "hourglass":

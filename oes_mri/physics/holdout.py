@@ -1,5 +1,5 @@
 """Held-out k-space for self-validation: split the measured samples into a fit set and a
-validation set (ZS-SSL's hold-out, Yaman et al., ICLR 2022; ``DESIGN.md``, "Self-validation").
+validation set (ZS-SSL's hold-out, Yaman et al., ICLR 2022; ``docs/self_validation.md``).
 
 A fit uses ``M_fit y`` only; the error of the model on ``M_val y`` tells, without ground truth,
 how well it predicts samples it has not seen: when to stop, which regularisation weight wins.

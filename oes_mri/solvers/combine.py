@@ -1,9 +1,9 @@
-"""From a model's image to the output magnitude image (DESIGN.md's output convention).
+"""From a model's image to the output magnitude image (the output convention of the
+project's design notes, ``../shared/DESIGN.md`` beside a checkout: data consistency, then RSS).
 
 ``dc_rss``: data consistency then RSS: the model's coil k-space ``F S x`` (or ``F x_c``)
 keeps the measured samples, ``k = M y + (1 - M) F S x``; then ``RSS(F^H k)``, centre-cropped
 to the recon size: the same convention as the target ``reconstruction_rss``.
-``sense_magnitude``: ``|x|`` centre-cropped (the plain SENSE-combined image).
 """
 
 from __future__ import annotations
@@ -29,11 +29,6 @@ def dc_rss(coil_images: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor,
     """
     k = data_consistency(fft2c(coil_images), kspace, mask)
     return center_crop(rss(ifft2c(k)), recon_size)
-
-
-def sense_magnitude(image: torch.Tensor, recon_size: tuple[int, int]) -> torch.Tensor:
-    """``|x|`` cropped to ``recon_size``."""
-    return center_crop(image.abs(), recon_size)
 
 
 def zero_filled_rss(kspace: torch.Tensor, recon_size: tuple[int, int]) -> torch.Tensor:

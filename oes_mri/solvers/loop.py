@@ -5,7 +5,7 @@ device, and look at it (divergence, monitoring, progress, the stopping rule) onl
 
 On CUDA the step can be captured once into a CUDA graph and replayed: one fit step of the
 OES hourglass is hundreds of small kernels whose launch cost, not the arithmetic, sets the
-speed on a GPU (benchmarks/results/gpu.md). The first steps run eagerly on a side stream
+speed on a GPU (benchmarks/results/gpu/gpu.md). The first steps run eagerly on a side stream
 (they initialise the optimiser state and the cuFFT/cuDNN plans), then one step, with the
 record's updates, is captured and replayed. Every tensor the step touches must therefore
 keep its storage between steps (parameters, optimiser state, the fixed input), which is
