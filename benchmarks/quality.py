@@ -40,7 +40,8 @@ from oes_mri.data.sample import cache_dir, sample_path
 from oes_mri.methods import METHODS, MethodSettings, SliceInput, run_method
 from oes_mri.metrics import volume_metrics
 from oes_mri.physics.coils import MapCache
-from oes_mri.pipeline import RunConfig, prepare_slice, volume_sampling_mask
+from oes_mri.pipeline import RunConfig
+from oes_mri.slices import prepare_slice, volume_sampling_mask
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.combine import dc_rss
 from oes_mri.solvers.sparse_dip import DipConfig

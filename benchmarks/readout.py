@@ -3,7 +3,7 @@
     python benchmarks/readout.py                       # full, crop, crop-maps on the built-in sample
     python benchmarks/readout.py --readouts full,crop --accels 4
 
-For each readout handling (``oes_mri.pipeline.READOUTS``: ``full``; ``crop``: the k-space cut to
+For each readout handling (``oes_mri.slices.READOUTS``: ``full``; ``crop``: the k-space cut to
 the recon field of view, maps estimated on the acquired readout and cropped; ``crop-maps``:
 maps estimated on the cropped k-space) and each acceleration: zero-filled, CG-SENSE, L1-wavelet
 (fixed weights) and Sparse-DIP (``--steps`` fit steps, no hold-out), PSNR / SSIM with the fastMRI

@@ -1,70 +1,47 @@
 """Volume -> slices -> methods -> outputs, resumable and atomic.
 
 For each volume: one sampling mask (fastMRI per-volume seed), per slice the undersampled
-k-space, ESPIRiT maps (disk cache) and every method; each finished (slice, method) is
+k-space and ESPIRiT maps (:mod:`oes_mri.slices`, disk cache) and every method; each finished (slice, method) is
 checkpointed under ``<out>/.checkpoints/<volume>/`` at once, so an interrupted run resumes
 where it stopped and gives the same final files. The final files are written atomically:
 ``<out>/<method>/<volume file name>`` (fastMRI submission format), ``metrics.json`` and
 ``metrics.csv``. A run refuses to touch outputs made with other settings unless
-``overwrite`` is set.
+``overwrite`` is set. Checkpoints, metric files and the lock: :mod:`oes_mri.storage`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import csv
 import dataclasses
-import fcntl
-import hashlib
-import io
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from oes_mri.atomic import atomic_write_bytes
-from oes_mri.data.fastmri_io import VolumeInfo, write_reconstruction
-from oes_mri.data.volumes import list_volumes, load_slice, parse_slices, read_info
+from oes_mri.data.fastmri_io import write_reconstruction
 from oes_mri.data.nifti_io import write_nifti
 from oes_mri.data.sample import cache_dir
+from oes_mri.data.volumes import list_volumes, load_slice, parse_slices, read_info
 from oes_mri.errors import InputError
 from oes_mri.fileid import file_identity
 from oes_mri.methods import REGISTRY, UNTRAINED, MethodSettings, SliceInput, run_batch, run_method
 from oes_mri.metrics import volume_metrics
-from oes_mri.physics.coils import MapCache, estimate_maps, map_cache_key
-from oes_mri.physics.fft import center_crop, crop_readout
-from oes_mri.physics.masks import SamplingMask, default_center_fraction, make_mask, volume_seed
+from oes_mri.physics.coils import MapCache
+from oes_mri.progress import Progress
 from oes_mri.pruning.weightmask import WeightMask
+from oes_mri.slices import center_fraction, prepare_slice, volume_sampling_mask
 from oes_mri.solvers.combine import dc_rss
+from oes_mri.storage import (SliceResult, load_checkpoint, out_lock, read_json, save_checkpoint, valid_checkpoint,
+                             write_metrics)
 
 log = logging.getLogger("oes_mri")
 
 NIFTI = ".nii.gz"
-RECORD_KEYS = ("file", "method", "acceleration", "center_fraction", "slices", "nmse", "psnr", "ssim",
-               "seconds", "steps", "lambda", "device")
-
-
-class Progress:
-    """What a run reports as it goes (the CLI shows tqdm bars or log lines); does nothing here."""
-
-    def volume(self, name: str, jobs: int) -> None:
-        """A volume starts with ``jobs`` (slice, method) reconstructions to do."""
-
-    def fit(self, desc: str, steps: int) -> Callable[[int, dict], None] | None:
-        """A generator fit of ``steps`` starts; returns its ``progress(step, info)`` callback."""
-        return None
-
-    def done(self, desc: str, seconds: float, jobs: int = 1) -> None:
-        """``jobs`` reconstructions finished."""
-
-    def volume_done(self) -> None:
-        """The volume's outputs are written."""
 
 
 @dataclasses.dataclass
@@ -101,84 +78,6 @@ class RunConfig:
         return json.loads(json.dumps(fp, default=str))
 
 
-def sampling_kind(cfg: RunConfig, info: VolumeInfo) -> str:
-    """The mask kind a volume gets: ``auto`` is the file's own mask when it has one
-    (prospectively undersampled data, fastMRI test files), else fastMRI's random mask."""
-    if cfg.mask_kind == "auto":
-        return "file" if info.mask is not None else "random"
-    return cfg.mask_kind
-
-
-def center_fraction(cfg: RunConfig, info: VolumeInfo, smask: SamplingMask | None) -> float:
-    """The centre fraction a run used: the given one, fastMRI's default, or (``file`` masks)
-    the calibration width over the k-space width."""
-    if sampling_kind(cfg, info) == "file":
-        return smask.acs_width / info.shape[1]
-    return default_center_fraction(cfg.accel) if cfg.center_fraction is None else cfg.center_fraction
-
-
-def volume_sampling_mask(info: VolumeInfo, cfg: RunConfig) -> SamplingMask:
-    """The volume's mask: the file's own (``file``) or a new one (fastMRI per-volume seed)."""
-    kind = sampling_kind(cfg, info)
-    if kind == "file":
-        if info.mask is None:
-            raise InputError(info.path, "--mask file given but the file holds no 'mask' dataset "
-                                        "(it is fully sampled)")
-        return info.mask
-    seed = volume_seed(info.path.name) if cfg.seed is None else cfg.seed
-    return make_mask(kind, info.shape, cfg.accel, center_fraction(cfg, info, None), seed)
-
-
-READOUTS = ("crop", "full", "crop-maps")
-"""``crop``: remove readout oversampling before the fits (when the readout is fully sampled,
-i.e. a column mask); coil maps are estimated on the acquired readout and cropped;
-``full``: fit the acquired readout; ``crop-maps``: as ``crop`` with the maps estimated on the
-cropped k-space (measured in ``docs/self_validation.md``)."""
-
-
-def prepare_slice(info: VolumeInfo, smask: SamplingMask, index: int, device: torch.device,
-                  maps_cache: MapCache, readout: str = "crop", **key: object) -> SliceInput:
-    """One slice ready for the methods: ``y = M k`` on ``device``, ESPIRiT maps (from
-    ``maps_cache`` under a key of the file, slice, mask, readout and ``key``) and the target.
-
-    With ``readout="crop"`` and a column mask, the readout is cut to the recon size's field
-    of view first (:func:`~oes_mri.physics.fft.crop_readout`: the image on the recon grid is
-    unchanged, the fit has fewer pixels: half for fastMRI's 2x oversampling)."""
-    if readout not in READOUTS:
-        raise ValueError(f"readout {readout!r}: expected one of {', '.join(READOUTS)}")
-    kspace, target = load_slice(info, index)
-    rows = info.header.recon_size[0]
-    crop = readout in ("crop", "crop-maps") and smask.mask.shape[0] == 1 and kspace.shape[-2] > rows
-    mask = smask.mask.to(device)
-    y = kspace.to(device) * mask + 0.0
-    source = f"{info.path.name}:{index}"
-    ckey = map_cache_key(info.path, index, smask, mask_kind=smask.kind, **key,
-                         maps_on="cropped" if crop and readout == "crop-maps" else "acquired")
-    if readout == "crop-maps" and crop:               # ESPIRiT on the cropped k-space (measured: not the default)
-        y = crop_readout(y, rows)
-        cropped = smask._replace(acs=(slice(0, rows), smask.acs[1]))
-        maps = maps_cache.get_or_compute(ckey, lambda: estimate_maps(y, cropped, source=source)).maps
-    else:                                             # ESPIRiT on the acquired readout, maps cropped
-        maps = maps_cache.get_or_compute(ckey, lambda: estimate_maps(y, smask, source=source)).maps
-        if crop:
-            y, maps = crop_readout(y, rows), center_crop(maps, (rows, maps.shape[-1]))
-    return SliceInput(y, mask, maps.to(device), info.header.recon_size, target, source)
-
-
-class SliceResult(NamedTuple):
-    """One finished (slice, method): what a checkpoint holds."""
-
-    method: str
-    index: int
-    image: np.ndarray        # (rH, rW) float32, data-consistent RSS
-    seconds: float
-    losses: np.ndarray       # fit losses per step (empty for classical methods)
-    curve: np.ndarray        # rows (step, psnr, ssim) when a target exists
-    vals: np.ndarray         # held-out losses per step (empty without a hold-out)
-    steps: np.ndarray        # (fit steps run, chosen step) of a generator; () for classical methods
-    lamda: np.ndarray        # the regularisation weight used, () when the method has none
-
-
 def slice_result(method: str, index: int, x: SliceInput, res, seconds: float) -> SliceResult:
     """Image (data consistency + RSS) and curves of a method's result."""
     image = dc_rss(res.recon.coil_images, x.kspace, x.mask, x.recon_size).cpu().numpy().astype(np.float32)
@@ -191,66 +90,6 @@ def slice_result(method: str, index: int, x: SliceInput, res, seconds: float) ->
                        np.asarray([[r["step"], r["psnr"], r["ssim"]] for r in mon if "psnr" in r], np.float64),
                        np.asarray(h.get("val_losses", []), np.float32), steps,
                        np.asarray([h["lambda"]] if "lambda" in h else [], np.float64))
-
-
-CHECKPOINT_KEYS = ("image", "seconds", "losses", "curve", "vals", "steps", "lamda")
-
-
-def _checksum(arrays: dict) -> str:
-    h = hashlib.sha256()
-    for k in CHECKPOINT_KEYS:
-        a = np.ascontiguousarray(arrays[k])
-        h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def save_checkpoint(path: Path, r: SliceResult) -> None:
-    """One (slice, method) result, atomically, with a SHA-256 of its arrays."""
-    arrays = {"image": r.image, "seconds": np.float64(r.seconds), "losses": r.losses, "curve": r.curve,
-              "vals": r.vals, "steps": r.steps, "lamda": r.lamda}
-    buf = io.BytesIO()
-    np.savez(buf, **arrays, checksum=np.str_(_checksum(arrays)))
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint's arrays, checked against its checksum and for a finite 2-D image.
-
-    Raises:
-        InputError: naming the file, when it is unreadable, altered or invalid.
-    """
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            ck = {k: z[k] for k in z.files}
-    except Exception as err:  # truncated zip: BadZipFile, EOFError, OSError, ValueError
-        raise InputError(path, f"unreadable checkpoint ({type(err).__name__})")
-    if "checksum" not in ck or any(k not in ck for k in CHECKPOINT_KEYS) or str(ck["checksum"]) != _checksum(ck):
-        raise InputError(path, "checkpoint does not match its checksum (altered or from an older version)")
-    if ck["image"].ndim != 2 or not np.isfinite(ck["image"]).all():
-        raise InputError(path, "checkpoint image is not a finite 2-D array")
-    return ck
-
-
-def valid_checkpoint(path: Path) -> bool:
-    """``path`` holds a valid checkpoint; an invalid one is removed with a warning naming it."""
-    if not path.exists():
-        return False
-    try:
-        load_checkpoint(path)
-        return True
-    except InputError as err:
-        log.warning("%s; recomputing", err)
-        path.unlink(missing_ok=True)
-        return False
-
-
-def read_json(path: Path):
-    """A JSON file the run wrote, or :class:`InputError` naming it."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(path, f"unreadable ({type(err).__name__}); remove it or use another --out")
 
 
 class VolumeData:
@@ -446,52 +285,6 @@ class VolumeRun(VolumeData):
                 "center_fraction": cf, "slices": len(self.indices), "nmse": nmse, "psnr": psnr, "ssim": ssim,
                 "seconds": seconds, "steps": steps or None,
                 "lambda": lambdas or None, "device": str(self.device)}
-
-
-def write_metrics(out: Path, records: list[dict]) -> list[dict]:
-    """Merge ``records`` into ``metrics.json`` / ``metrics.csv`` (same file+method replaced)."""
-    path = out / "metrics.json"
-    old = read_json(path) if path.exists() else []
-    if not isinstance(old, list) or not all(isinstance(r, dict) and {"file", "method"} <= r.keys() for r in old):
-        raise InputError(path, "is not a list of metric records; remove it or use another --out")
-    records = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-               for r in records]                                   # strict JSON: no Infinity / NaN
-    keys = {(r["file"], r["method"]) for r in records}
-    merged = [r for r in old if (r["file"], r["method"]) not in keys] + records
-    atomic_write_bytes(path, json.dumps(merged, indent=2, allow_nan=False).encode())
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=RECORD_KEYS)
-    w.writeheader()
-    for r in merged:
-        w.writerow({k: _csv_value(r.get(k)) for k in RECORD_KEYS})
-    atomic_write_bytes(out / "metrics.csv", buf.getvalue().encode())
-    return merged
-
-
-def _csv_value(v: object) -> object:
-    """A record's value in metrics.csv: empty for None, per-slice lists space-separated."""
-    if v is None:
-        return ""
-    return " ".join(f"{x:g}" for x in v) if isinstance(v, list) else v
-
-
-@contextlib.contextmanager
-def out_lock(out: Path) -> Iterator[None]:
-    """Hold ``<out>/.lock`` (an exclusive ``flock``) for the run; a second run into the same
-    folder is refused with :class:`InputError` instead of mixing its outputs with ours."""
-    if out.exists() and not out.is_dir():
-        raise InputError(out, "--out is a file, not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        f = open(out / ".lock", "a")
-    except OSError as err:
-        raise InputError(out, f"--out cannot be written: {err.strerror or type(err).__name__}")
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise InputError(out, "another oes_mri run is writing to this --out; wait for it or use another folder")
-        yield
 
 
 def run(cfg: RunConfig, progress: Progress | None = None,

@@ -22,10 +22,16 @@ import signal
 from pathlib import Path
 from typing import Callable
 
+import logging
+
 from oes_mri.data.volumes import list_volumes
 from oes_mri.errors import InputError
-from oes_mri.pipeline import Progress, RunConfig, SliceResult, VolumeData, VolumeRun, out_lock, write_metrics
+from oes_mri.pipeline import RunConfig, VolumeData, VolumeRun
+from oes_mri.progress import Progress
+from oes_mri.storage import SliceResult, out_lock, write_metrics
 from oes_mri.pruning.weightmask import WeightMask
+
+log = logging.getLogger("oes_mri")
 
 RAY_MISSING = "--ray needs Ray, which is not installed: pip install 'oes-mri[ray]'"
 FAULT_ENV = "OES_MRI_FAULT_KILL_ONCE"     # fault injection for tests: a marker file path
@@ -125,16 +131,25 @@ def run_ray(cfg: RunConfig, opts: RayOptions, progress: Progress | None = None,
 
 def _run_locked(ray, cfg: RunConfig, opts: RayOptions, files: list, progress: Progress,
                 on_volume: Callable[[VolumeRun, list[dict]], None] | None) -> list[dict]:
-    """The volumes' tasks on a connected Ray, ``cfg.out`` locked."""
-    vols = [_Volume(VolumeRun(f, cfg)) for f in files]   # settings checked before any task
+    """The volumes' tasks on a connected Ray, ``cfg.out`` locked. A bad file of a folder is
+    reported and skipped (its remaining tasks cancelled), as in :func:`oes_mri.pipeline.run`."""
+    vols, failed = [], []
+    for f in files:                                       # settings checked before any task
+        try:
+            vols.append(_Volume(VolumeRun(f, cfg)))
+        except InputError as err:
+            if f == cfg.data:
+                raise
+            log.warning("error: %s (skipped)", err)
+            failed.append(f.name)
     remote = dict(num_cpus=opts.task_cpus, num_gpus=opts.task_gpus, max_retries=opts.max_retries)
     learn = ray.remote(**remote)(_learn_mask)
     recon = ray.remote(**remote)(_reconstruct)
     pending: dict = {}
-    jobs = sum(sum(map(len, v.run.todo().values())) for v in vols)
-    progress.volume(f"{len(vols)} volume(s) on Ray", jobs)
-    for v in vols:
-        _submit(ray, v, learn, recon, pending)
+    todos = [v.run.todo() for v in vols]
+    progress.volume(f"{len(vols)} volume(s) on Ray", sum(sum(map(len, t.values())) for t in todos))
+    for v, todo in zip(vols, todos):
+        _submit(ray, v, todo, learn, recon, pending)
     records: list[dict] = []
     for v in vols:
         if v.pending == 0:
@@ -146,9 +161,16 @@ def _run_locked(ray, cfg: RunConfig, opts: RayOptions, files: list, progress: Pr
         try:
             result = ray.get(ref)
         except ray.exceptions.RayTaskError as err:
-            if isinstance(err.cause, InputError):
+            if not isinstance(err.cause, InputError):
+                raise
+            if len(files) == 1:
                 raise err.cause from None
-            raise
+            log.warning("error: %s (skipped)", err.cause)
+            failed.append(v.run.info.path.name)
+            for other in [r for r, (w, _) in pending.items() if w is v]:
+                ray.cancel(other)
+                pending.pop(other)
+            continue
         results = [result[1]] if kind == "mask" else result
         if kind == "mask":
             v.run.save_mask(*result)
@@ -159,13 +181,16 @@ def _run_locked(ray, cfg: RunConfig, opts: RayOptions, files: list, progress: Pr
         if v.pending == 0:
             records += _finish(v, cfg, on_volume)
     progress.volume_done()
+    if failed:
+        err = InputError(cfg.data, f"{len(failed)} file(s) failed: {', '.join(failed)} (the others were reconstructed)")
+        err.records = records
+        raise err
     return records
 
 
-def _submit(ray, v: _Volume, learn, recon, pending: dict) -> None:
-    """Submit a volume's mask task (if needed) and its slice tasks."""
+def _submit(ray, v: _Volume, todo: dict[str, list[int]], learn, recon, pending: dict) -> None:
+    """Submit a volume's mask task (if needed) and its slice tasks (``todo``: :meth:`VolumeRun.todo`)."""
     run = v.run
-    todo = run.todo()
     mask = None
     if run.needs_mask():
         mask = learn.remote(run.info.path, run.cfg)

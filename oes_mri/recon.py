@@ -22,7 +22,7 @@ from pathlib import Path
 
 from oes_mri.errors import InputError
 from oes_mri.optim import LR_SCHEDULES
-from oes_mri.pipeline import Progress
+from oes_mri.progress import BarProgress, LogProgress, Progress
 from oes_mri.pruning.allocation import ALLOCATIONS
 from oes_mri.pruning.oes import ESTIMATORS, LOGIT_INITS
 from oes_mri.solvers.dip import FitDiverged
@@ -68,14 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--accel", type=float, default=4.0, help="acceleration, any value >= 1 (default 4)")
     g.add_argument("--center-fraction", type=float, default=None,
                    help="fully sampled centre fraction (default fastMRI's: 0.08 at 4x, 0.04 at 8x, 0.32/accel)")
-    g.add_argument("--mask", dest="mask_kind", choices=["auto", "random", "equispaced", "poisson", "file"],
+    g.add_argument("--sampling", "--mask", dest="mask_kind", choices=["auto", "random", "equispaced", "poisson", "file"],
                    default="auto", help="fastMRI random/equispaced columns, 2-D Poisson-disc, or the file's own "
                    "sampling ('mask' dataset, or the lines a scanner file acquired); auto (default): the file's "
-                   "own when it is undersampled, else random")
+                   "own when it is undersampled, else random (--mask: the old name)")
     g.add_argument("--readout", choices=["crop", "full"], default="crop",
-                   help="crop (default): remove readout oversampling before coil maps and fits when the "
-                   "readout is fully sampled (same image on the recon grid, half the pixels for fastMRI's 2x); "
-                   "full: fit the acquired readout")
+                   help="crop (default): remove readout oversampling before the fits when the readout is "
+                   "fully sampled (same image on the recon grid, half the pixels for fastMRI's 2x; coil maps from "
+                   "the acquired readout, cropped); full: fit the acquired readout")
     g.add_argument("--seed", type=int, default=None,
                    help="mask seed (default: fastMRI's per-volume seed tuple(map(ord, file name)))")
     g = p.add_argument_group("methods")
@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split of the density over the layers: erk (default: Erdos-Renyi-Kernel; the OES "
                    "logits pick the weights within each layer), global (top-k over all layers, as published), "
                    "uniform, or magnitude (the split of global magnitude pruning at init)")
-    g.add_argument("--mask-steps", type=int, default=None, help="OES mask-learning steps (default 100)")
+    g.add_argument("--prune-steps", "--mask-steps", dest="mask_steps", type=int, default=None,
+                   help="OES pruning-mask learning steps (default 100; --mask-steps: the old name)")
     g.add_argument("--steps", type=int, default=None,
                    help="fitting steps: the cap when held-out k-space stops the fit (default 300 on the CPU, "
                    "3000 on CUDA)")
@@ -103,10 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {DipConfig.lr_schedule})")
     g.add_argument("--arch", choices=ARCHS, default="hourglass", help="generator (default: OES hourglass, 3.0M)")
     g.add_argument("--dip-seed", type=int, default=0, help="generator init / input noise seed (default 0)")
-    g.add_argument("--weight-mask", type=Path, default=None,
-                   help="reuse a saved OES weight mask (.safetensors) instead of learning one: transfer")
-    g.add_argument("--mask-per", choices=["volume", "slice"], default="volume",
-                   help="learn one OES mask per volume on its middle slice and reuse it, or one per slice")
+    g.add_argument("--pruning-mask", "--weight-mask", dest="weight_mask", type=Path, default=None,
+                   help="reuse a saved OES pruning mask (.safetensors) instead of learning one: transfer "
+                   "(--weight-mask: the old name)")
+    g.add_argument("--prune-per", "--mask-per", dest="mask_per", choices=["volume", "slice"], default="volume",
+                   help="learn one OES pruning mask per volume on its middle slice and reuse it, or one per "
+                   "slice (--mask-per: the old name)")
     g.add_argument("--output-iterate", choices=["best", "last", "ema"], default="best",
                    help="returned DIP iterate: lowest held-out error (default; lowest data loss with "
                    "--holdout 0), last, or moving average")
@@ -193,10 +196,10 @@ def make_config(args: argparse.Namespace):
         raise InputError(None, f"--center-fraction {args.center_fraction}: must be in (0, 1]")
     if not 0 < args.density <= 1:
         raise InputError(None, f"--density {args.density}: must be in (0, 1]")
-    for name in ("steps", "mask_steps"):
+    for name, flag in (("steps", "--steps"), ("mask_steps", "--prune-steps")):
         v = getattr(args, name)
         if v is not None and v < 1:
-            raise InputError(None, f"--{name.replace('_', '-')} {v}: must be >= 1")
+            raise InputError(None, f"{flag} {v}: must be >= 1")
     if args.batch_slices < 1:
         raise InputError(None, f"--batch-slices {args.batch_slices}: must be >= 1")
     if not args.input_jitter >= 0:
@@ -254,7 +257,7 @@ def _figures(vol, records: list[dict]) -> list[str]:
     import numpy as np
 
     from oes_mri import report
-    from oes_mri.pipeline import load_checkpoint
+    from oes_mri.storage import load_checkpoint
 
     out, name = vol.cfg.out, vol.info.path.stem
     mid = len(vol.indices) // 2
@@ -310,59 +313,6 @@ def _one_line(err: BaseException) -> str:
     return f"{err} (try a lower --lr)"
 
 
-def _shown(info: dict) -> dict:
-    """What a progress display shows of a fit's log entry."""
-    return {k: v for k, v in info.items() if k in ("loss", "val", "psnr")}
-
-
-class BarProgress(Progress):
-    """tqdm bars on a terminal: one per volume ((slice, method) jobs), one per fit (steps,
-    loss, PSNR when a target exists)."""
-
-    def __init__(self) -> None:
-        from tqdm import tqdm
-
-        self.tqdm, self.bar = tqdm, None
-
-    def volume(self, name: str, jobs: int) -> None:
-        self.bar = self.tqdm(total=jobs, desc=name, unit="job", position=0, leave=True, file=sys.stderr)
-
-    def fit(self, desc: str, steps: int):
-        bar = self.tqdm(total=steps, desc=desc.split(" ", 1)[-1], unit="step", position=1, leave=False,
-                        file=sys.stderr)
-
-        def update(step: int, info: dict) -> None:
-            bar.update(step - bar.n)
-            bar.set_postfix({k: f"{v:.4g}" for k, v in _shown(info).items()}, refresh=False)
-            if step >= steps:
-                bar.close()
-        return update
-
-    def done(self, desc: str, seconds: float, jobs: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(jobs)
-
-    def volume_done(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-class LogProgress(Progress):
-    """Plain log lines (not a terminal)."""
-
-    def volume(self, name: str, jobs: int) -> None:
-        log.info("%s: %d reconstruction(s) to do", name, jobs)
-
-    def fit(self, desc: str, steps: int):
-        def update(step: int, info: dict) -> None:
-            extra = "".join(f" {k} {v:.4g}" for k, v in _shown(info).items())
-            log.info("%s: step %d/%d%s", desc, step, steps, extra)
-        return update
-
-    def done(self, desc: str, seconds: float, jobs: int = 1) -> None:
-        log.info("%s: done in %.1fs", desc, seconds)
-
-
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from oes_mri import report
     from oes_mri.pipeline import run
@@ -383,15 +333,18 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
         gpus = args.ray_task_gpus if args.ray_task_gpus is not None else float(cfg.device.startswith("cuda"))
         opts = RayOptions(args.ray, args.ray_workers, args.ray_task_cpus, gpus)
-        records = run_ray(cfg, opts, progress, on_volume)
-        failure = None
+
+        def runner():
+            return run_ray(cfg, opts, progress, on_volume)
     else:
-        try:
-            records, failure = run(cfg, progress, on_volume), None
-        except InputError as err:
-            records, failure = getattr(err, "records", None), err
-            if not records:
-                raise
+        def runner():
+            return run(cfg, progress, on_volume)
+    try:
+        records, failure = runner(), None
+    except InputError as err:
+        records, failure = getattr(err, "records", None), err
+        if not records:
+            raise
     rows = report.summary_rows(records)
     if not args.no_figures:
         report.write_report(cfg.out, records, figures, argv)

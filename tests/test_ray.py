@@ -87,3 +87,20 @@ def test_no_running_cluster_exits_2(tiny_file, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--ray auto: cannot connect to Ray" in err
     assert not out.exists()
+
+
+def test_ray_one_bad_file_does_not_stop_a_folder(tiny_file, tmp_path, capsys):
+    """On Ray too, a bad file of a folder is reported and the others are reconstructed."""
+    pytest.importorskip("ray")
+    import shutil
+
+    folder = tmp_path / "vols"
+    folder.mkdir()
+    (folder / "a_trunc.h5").write_bytes(tiny_file.read_bytes()[:3000])
+    shutil.copy(tiny_file, folder / "b_good.h5")
+    out = tmp_path / "out"
+    assert main(["--data", str(folder), "--out", str(out), "--methods", "zf", "--quiet", "--no-figures",
+                 "--ray", "local", "--ray-workers", "1"]) == 2
+    cap = capsys.readouterr()
+    assert "a_trunc.h5" in cap.err and "1 file(s) failed" in cap.err
+    assert (out / "zf" / "b_good.h5").exists() and "zf" in cap.out      # the table of what finished

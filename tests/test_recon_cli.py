@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from oes_mri.pipeline import RECORD_KEYS
+from oes_mri.storage import RECORD_KEYS
 from oes_mri.recon import main
 
 FAST = ["--arch", "hourglass-tiny", "--steps", "30", "--mask-steps", "10", "--no-figures", "--quiet"]
@@ -216,7 +216,7 @@ def test_batched_slices_match_one_at_a_time(tiny_file, tmp_path):
 def test_progress_lines_and_bars(tiny_file, tmp_path, caplog, capsys):
     import logging
 
-    from oes_mri.recon import BarProgress
+    from oes_mri.progress import BarProgress
 
     with caplog.at_level(logging.INFO, logger="oes_mri"):
         assert main(["--data", str(tiny_file), "--out", str(tmp_path / "o"), "--methods", "dip,zf",
@@ -291,3 +291,16 @@ def test_l1_and_tv_methods(tiny_file, tmp_path):
 def test_l1_with_fallback_maps(tiny_file, tmp_path):
     psnr = _cs_run(tiny_file, tmp_path / "out")
     assert psnr["l1"] > psnr["zf"], psnr
+
+
+def test_mask_flags_say_which_mask_and_keep_the_old_names():
+    """--sampling / --prune-steps / --prune-per / --pruning-mask, with the old --mask /
+    --mask-steps / --mask-per / --weight-mask as aliases (one release)."""
+    from oes_mri.recon import build_parser
+
+    new = build_parser().parse_args(["--sampling", "poisson", "--prune-steps", "7", "--prune-per", "slice",
+                                     "--pruning-mask", "m.safetensors"])
+    old = build_parser().parse_args(["--mask", "poisson", "--mask-steps", "7", "--mask-per", "slice",
+                                     "--weight-mask", "m.safetensors"])
+    assert vars(new) == vars(old)
+    assert (new.mask_kind, new.mask_steps, new.mask_per, str(new.weight_mask)) == ("poisson", 7, "slice", "m.safetensors")

@@ -210,7 +210,7 @@ def test_minor_input_cases(tiny_file, tmp_path, capsys):
 
 
 def test_metrics_json_is_strict_and_outputs_follow_the_umask(tmp_path):
-    from oes_mri.pipeline import write_metrics
+    from oes_mri.storage import write_metrics
 
     old = os.umask(0o022)
     try:

@@ -190,7 +190,7 @@ def test_same_image_without_the_target(tmp_path, tiny_file):
     recons = []
     for folder in (a, b):
         argv = ["--data", str(folder / tiny_file.name), "--out", str(folder / "out"), "--methods", "oes,l1,sense",
-                "--arch", "hourglass-tiny", "--steps", "20", "--mask-steps", "5", "--patience", "8",
+                "--arch", "hourglass-tiny", "--steps", "20", "--prune-steps", "5", "--patience", "8",
                 "--slices", "0", "--quiet", "--no-figures", "--center-fraction", "0.16"]
         assert main(argv) == 0
         recons.append({m: h5py.File(folder / "out" / m / tiny_file.name)["reconstruction"][()]

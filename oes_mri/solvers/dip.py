@@ -7,9 +7,10 @@ it mask learning shrinks the output and pruning removes whole layers), and the l
 normalised data term ``||A G(z) - y_s||^2 / ||y_s||^2``. Images are divided by ``s`` after.
 
 Fit: Adam on the generator's weights (masked weights stay exactly zero), BatchNorm in
-training mode, a fixed input, ``steps`` iterations; returns the last iterate, the iterate
-with the lowest data loss (no ground truth needed: robust to the loss spikes of long DIP
-runs) and optionally an exponential moving average of the output. No host-device sync inside
+training mode, a fixed input, up to ``steps`` iterations; returns the last iterate, the
+chosen iterate (lowest held-out error when part of the samples is held out, else lowest data
+loss; no ground truth either way) and optionally an exponential moving average of the output.
+With a hold-out, a stopping rule (:class:`~oes_mri.solvers.loop.ValidationStop`) ends the fit. No host-device sync inside
 the loop except every ``log_every`` steps; on CUDA the step can be replayed as a CUDA graph
 (:mod:`oes_mri.solvers.loop`).
 """
