@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import platform
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,6 @@ def run_generator(rows: Rows, part: str, case: Case, method: str, seed: int, ste
     if rows.get(key):
         return rows.get(key)
     s = MethodSettings(dip=DipConfig(steps=steps, seed=seed, validation=validation, log_every=log_every))
-    import time
     t = time.perf_counter()
     res = run_method(method, case.x, s)
     seconds = time.perf_counter() - t
@@ -83,7 +83,6 @@ def run_classical(rows: Rows, case: Case, method: str, validation: ValidationCon
     key = f"table|{case.name}|{case.accel_nominal}|{method}|{label}"
     if rows.get(key):
         return rows.get(key)
-    import time
     m = REGISTRY[method]
     s = MethodSettings(dip=DipConfig(validation=validation))
     t = time.perf_counter()

@@ -21,7 +21,7 @@ import torch
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers import classical
 from oes_mri.solvers.classical import Recon
-from oes_mri.solvers.sparse_dip import DipConfig, DipOutput, SliceData, reconstruct_dip, reconstruct_dip_batch
+from oes_mri.solvers.sparse_dip import DipConfig, DipOutput, SliceData, reconstruct_dip_batch
 from oes_mri.solvers.tuning import choose_lambda
 
 SliceInput = SliceData  # what a method sees of one slice: kspace, mask, maps, recon_size, target, source
@@ -113,12 +113,7 @@ class Method:
         if not self.untrained:
             return [self._classical(x, settings) for x in xs]
         cfg = dataclasses.replace(settings.dip, pruning=self.pruning)
-        wm = weight_mask if self.name == "oes" else None
-        if len(xs) == 1:
-            x = xs[0]
-            outs = [reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size, wm, x.target, x.source, progress)]
-        else:
-            outs = reconstruct_dip_batch(xs, cfg, wm, progress)
+        outs = reconstruct_dip_batch(xs, cfg, weight_mask if self.name == "oes" else None, progress)
         return [_result(o) for o in outs]
 
     def _classical(self, x: SliceInput, settings: MethodSettings) -> MethodResult:

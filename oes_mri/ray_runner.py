@@ -17,12 +17,11 @@ checkpoints. Ray is optional (``pip install 'oes-mri[ray]'``); the serial path n
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import signal
 from pathlib import Path
 from typing import Callable
-
-import logging
 
 from oes_mri.data.volumes import list_volumes
 from oes_mri.errors import InputError

@@ -10,8 +10,8 @@ Fit: Adam on the generator's weights (masked weights stay exactly zero), BatchNo
 training mode, a fixed input, up to ``steps`` iterations; returns the last iterate, the
 chosen iterate (lowest held-out error when part of the samples is held out, else lowest data
 loss; no ground truth either way) and optionally an exponential moving average of the output.
-With a hold-out, a stopping rule (:class:`~oes_mri.solvers.loop.ValidationStop`) ends the fit. No host-device sync inside
-the loop except every ``log_every`` steps; on CUDA the step can be replayed as a CUDA graph
+With a hold-out, a stopping rule (:class:`~oes_mri.solvers.loop.ValidationStop`) ends the
+fit. No host-device sync inside the loop except every ``log_every`` steps; on CUDA the step can be replayed as a CUDA graph
 (:mod:`oes_mri.solvers.loop`).
 """
 
@@ -27,8 +27,7 @@ from oes_mri.optim import fit_optimizer
 from oes_mri.physics.holdout import KspaceSplit
 from oes_mri.physics.sense import CoilOp, SenseOp
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.solvers.loop import (FitDiverged, Record, StepBudget, ValidationStop,  # noqa: F401 (FitDiverged: API)
-                                  check_finite, run_steps)
+from oes_mri.solvers.loop import FitDiverged, Record, StopRule, check_finite, run_steps  # noqa: F401 (FitDiverged: API)
 
 
 class KspaceProblem(NamedTuple):
@@ -94,7 +93,7 @@ def make_problem(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | 
 
     fit_mask = split.fit.to(kspace.device) if split is not None else mask
     op = operator(mask)
-    zf = operator(fit_mask).adjoint(kspace)
+    zf = (op if split is None else operator(fit_mask)).adjoint(kspace)
     s = float(init_output.detach().norm() / zf.norm().clamp_min(1e-30))
     y = kspace * s
     if split is None:
@@ -130,7 +129,7 @@ def split_objective(value: torch.Tensor | tuple) -> tuple[torch.Tensor, torch.Te
     return value if isinstance(value, tuple) else (value, None)
 
 
-def stop_outcome(rule: ValidationStop | StepBudget | None, b: int, steps_run: int) -> tuple[int, str]:
+def stop_outcome(rule: StopRule | None, b: int, steps_run: int) -> tuple[int, str]:
     """``(steps, reason)`` of slice ``b`` after a loop of ``steps_run`` steps."""
     if rule is None or rule.stop_step[b] is None:
         return steps_run, "cap"
@@ -181,7 +180,7 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         monitor: Callable[[torch.Tensor], dict] | None = None,
         progress: Callable[[int, dict], None] | None = None, compile: bool = False,
         amp: bool = False, cuda_graph: bool = False, input_jitter: float = 0.0, jitter_seed: int = 0,
-        schedule: str = "constant", stop: ValidationStop | StepBudget | None = None) -> FitResult:
+        schedule: str = "constant", stop: StopRule | None = None) -> FitResult:
     """Fit ``gen`` to minimise ``loss_fn(gen())`` with Adam (in place).
 
     Args:
@@ -207,7 +206,8 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         jitter_seed: seed of that noise.
         schedule: learning-rate schedule over the ``steps``, "constant" or "cosine" (decays to 0;
             :func:`oes_mri.optim.lr_schedule`).
-        stop: the self-validation stopping rule (one slice), checked every ``log_every`` steps.
+        stop: a stopping rule for the one slice (:class:`~oes_mri.solvers.loop.ValidationStop`
+            or the refit's ``StepBudget``), checked every ``log_every`` steps.
 
     Raises:
         FitDiverged: a NaN/Inf loss (the caller retries with a smaller learning rate).

@@ -81,36 +81,54 @@ class Record:
         return int(self.index)
 
 
-class ValidationStop:
-    """The self-validation stopping rule, decided every ``log_every`` steps (one host sync).
-
-    A slice stops when its validation loss has not improved for ``patience`` steps; its
-    chosen iterate is then the best-validation one. A validation set that carries no
-    information (best relative error still >= ``informative``: no better than predicting
-    zeros by more than ``1 - informative``) cannot choose: the slice then runs to
-    ``fallback_steps`` (or the cap) and its chosen iterate is the output at that step.
+class StopRule:
+    """Per-slice stopping, decided every ``log_every`` steps: when a slice stops, its chosen
+    iterate is frozen in the :class:`Record` (a batch goes on until every slice has stopped).
 
     Attributes:
         stop_step: per slice, the step at which its rule fired (``None`` while it runs).
-        reason: per slice, ``"patience"``, ``"fallback"`` (uninformative) or ``"cap"``.
+        reason: per slice, why it stopped.
     """
 
-    def __init__(self, slices: int, patience: int, informative: float = 0.95, fallback_steps: int = 0) -> None:
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1 step, got {patience}")
-        self.patience, self.informative, self.fallback_steps = patience, informative, fallback_steps
+    def __init__(self, slices: int) -> None:
         self.stop_step: list[int | None] = [None] * slices
         self.reason = [""] * slices
 
-    def _stop(self, record: Record, b: int, step: int, reason: str) -> None:
-        self.stop_step[b], self.reason[b] = step, reason
+    def _stop(self, record: Record, b: int, step: int, reason: str, out: torch.Tensor | None = None) -> None:
+        """Stop slice ``b`` at ``step``; with ``out`` (the step's output), that output becomes
+        its chosen iterate."""
+        if out is not None:
+            record.take(b, out, step)
         record.frozen.view(-1)[b] = True
+        self.stop_step[b], self.reason[b] = step, reason
+
+    def all_stopped(self) -> bool:
+        return all(s is not None for s in self.stop_step)
+
+
+class ValidationStop(StopRule):
+    """The self-validation stopping rule (one host sync per decision).
+
+    A slice stops when its validation loss has not improved for ``patience`` steps; its
+    chosen iterate is then the best-validation one. A validation set that carries no
+    information (best relative error still >= ``informative``; 1 is the error of predicting
+    zeros) cannot choose: the slice then runs to ``fallback_steps`` (``None``: the cap) and its
+    chosen iterate is the output at that step. Reasons: ``"patience"``, ``"fallback"``, ``"cap"``.
+    """
+
+    def __init__(self, slices: int, patience: int, informative: float = 1.0,
+                 fallback_steps: int | None = None) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1 step, got {patience}")
+        super().__init__(slices)
+        self.patience, self.informative, self.fallback_steps = patience, informative, fallback_steps
 
     def __call__(self, record: Record, step: int, out: torch.Tensor, last: bool = False) -> bool:
         """Decide after ``step`` (``out``: its output); ``last``: the cap is reached.
         Returns whether every slice has stopped."""
         best = record.best_score.reshape(-1).tolist()
         best_step = record.best_step.reshape(-1).tolist()
+        fallback = self.fallback_steps is not None and step >= self.fallback_steps
         for b, done in enumerate(self.stop_step):
             if done is not None:
                 continue
@@ -119,33 +137,25 @@ class ValidationStop:
                     self._stop(record, b, step, "patience")
                 elif last:
                     self._stop(record, b, step, "cap")
-            elif last or step >= self.fallback_steps:
-                record.take(b, out, step)
-                self._stop(record, b, step, "fallback")
-        return all(s is not None for s in self.stop_step)
+            elif last or fallback:
+                self._stop(record, b, step, "fallback", out)
+        return self.all_stopped()
 
 
-class StepBudget:
+class StepBudget(StopRule):
     """Stop each slice at its own step budget (at the first log step at or after it); its
-    chosen iterate is its output there. The refit of self-validation: every sample fitted for
-    as many steps as the held-out fit chose.
-
-    Attributes:
-        stop_step, reason: as :class:`ValidationStop` (reason ``"budget"``).
-    """
+    chosen iterate is its output there (reason ``"budget"``). The refit of self-validation:
+    every sample fitted for as many steps as the held-out fit chose."""
 
     def __init__(self, budgets: list[int]) -> None:
+        super().__init__(len(budgets))
         self.budgets = list(budgets)
-        self.stop_step: list[int | None] = [None] * len(budgets)
-        self.reason = ["budget"] * len(budgets)
 
     def __call__(self, record: Record, step: int, out: torch.Tensor, last: bool = False) -> bool:
         for b, budget in enumerate(self.budgets):
             if self.stop_step[b] is None and (step >= budget or last):
-                record.take(b, out, step)
-                record.frozen.view(-1)[b] = True
-                self.stop_step[b] = step
-        return all(s is not None for s in self.stop_step)
+                self._stop(record, b, step, "budget", out)
+        return self.all_stopped()
 
 
 class FitDiverged(RuntimeError):

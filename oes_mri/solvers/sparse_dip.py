@@ -96,8 +96,7 @@ class ValidationConfig:
         """The stopping rule for ``slices`` fits, or ``None`` when off."""
         if not self.enabled:
             return None
-        return ValidationStop(slices, self.patience, self.informative,
-                              self.fallback_steps if self.fallback_steps is not None else 2**62)
+        return ValidationStop(slices, self.patience, self.informative, self.fallback_steps)
 
 
 @dataclasses.dataclass
