@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
                     settings = MethodSettings(**{FIELD[method]: lam})
                     t = time.perf_counter()
                     res = run_method(method, case.x, settings)
-                    nmse, psnr, ssim = score(case, res.recon.coil_images)
+                    nmse, psnr, ssim = score(case, res.image)
                     rows.append({"data": case.name, "accel": case.accel, "method": method, "lambda": lam,
                                  "psnr": psnr, "ssim": ssim, "nmse": nmse, "seconds": time.perf_counter() - t})
                     print(f"  {case.name} {a:g}x {method} {lam:g}: {psnr:.2f} dB {ssim:.3f}", flush=True)

@@ -11,7 +11,6 @@ else the built-in sample), same generator seed and default mask-learning steps. 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -38,16 +37,16 @@ def main(argv: list[str] | None = None) -> None:
     x, cols, sizes = case.x, {}, {}
     for spec in args.masks:
         pruning, _, allocation = spec.partition(":")
-        cfg = dataclasses.replace(DipConfig(), pruning=pruning, allocation=allocation or "global",
-                                  density=args.density)
-        st = setup_fit(x.kspace, x.mask, x.maps, cfg, cfg.seed, None, case.name)
+        cfg = DipConfig().updated({"pruning.method": pruning, "pruning.allocation": allocation or "global",
+                                   "pruning.density": args.density})
+        st = setup_fit(x, cfg, cfg.seed)
         cols[spec] = st.weight_mask.layer_densities()
         sizes = {n: m.numel() for n, m in st.weight_mask.masks.items()}
         print(f"  {spec}: done", flush=True)
     md = [f"# Kept share per layer of {args.density:g} masks\n",
           f"Command: `{' '.join(['python', 'benchmarks/' + Path(argv[0]).name, *argv[1:]])}`\n",
-          (f"Case: {case.name} middle slice at {case.accel:.2f}x; generator seed {DipConfig.seed}, "
-           f"{DipConfig.mask_steps} OES mask-learning steps; percent of each tensor kept.\n"),
+          (f"Case: {case.name} middle slice at {case.accel:.2f}x; generator seed {DipConfig().seed}, "
+           f"{DipConfig().pruning.steps} OES mask-learning steps; percent of each tensor kept.\n"),
           "| tensor | weights | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for n, size in sizes.items():
         short = n.replace("net.body.", "").replace("deeper.", "d.")

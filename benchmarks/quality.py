@@ -37,14 +37,13 @@ import torch
 from oes_mri.atomic import atomic_write_bytes
 from oes_mri.data.volumes import read_info
 from oes_mri.data.sample import cache_dir, sample_path
-from oes_mri.methods import METHODS, MethodSettings, SliceInput, run_method
+from oes_mri.methods import METHODS, MethodSettings, SliceInput, final_image, run_method
 from oes_mri.metrics import volume_metrics
 from oes_mri.physics.coils import MapCache
 from oes_mri.pipeline import RunConfig
 from oes_mri.slices import prepare_slice, volume_sampling_mask
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.solvers.combine import dc_rss
-from oes_mri.solvers.sparse_dip import DipConfig
+from oes_mri.solvers.config import DipConfig, PruningConfig
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent.parent / "shared" / "data"
@@ -52,18 +51,22 @@ COLUMNS = ("experiment", "data", "accel", "method", "variant", "psnr", "ssim", "
            "psnr_peak", "peak_step", "steps", "seconds", "mask_seconds")
 
 
-ABLATIONS = ["mask_lr=0.1", "mask_steps=300", "lr=0.03", "min_layer_density=0.05", "scope=conv+out",
-             "sensitivity_free=True"]                  # OES variants on the main case, default steps
+ABLATIONS = ["oes.lr=0.1", "pruning.steps=300", "fit.lr=0.03", "pruning.min_layer_density=0.05",
+             "pruning.scope=conv+out"]                 # OES variants on the main case, default steps
 
 
 def ablation(variant: str) -> dict:
-    """``"field=value"`` -> ``{field: value}`` for :class:`DipConfig` (value typed by the field)."""
+    """``"section.field=value"`` -> ``{key: value}`` for :meth:`DipConfig.updated` (value typed
+    by the field's default)."""
     name, _, value = variant.partition("=")
-    fields = {f.name: f for f in dataclasses.fields(DipConfig)}
-    if name not in fields or not value or fields[name].type not in ("int", "float", "str", "bool"):
-        raise SystemExit(f"--ablations/--set: {variant!r} is not field=value for a DipConfig number/string/bool field")
-    kind = fields[name].type
-    return {name: value == "True" if kind == "bool" else {"int": int, "float": float, "str": str}[kind](value)}
+    try:
+        kind = DipConfig().field_type(name)
+    except ValueError:
+        kind = None
+    if kind not in (int, float, str, bool) or not value:
+        raise SystemExit(f"--ablations/--set: {variant!r} is not section.field=value for a DipConfig "
+                         "number/string/bool setting (e.g. fit.lr=0.03)")
+    return {name: value == "True" if kind is bool else kind(value)}
 
 
 @dataclasses.dataclass
@@ -72,6 +75,7 @@ class Case:
     accel_nominal: float
     accel: float
     x: SliceInput
+    target: np.ndarray
 
 
 def default_files() -> list[Path]:
@@ -85,15 +89,25 @@ def prepare(path: Path, accel: float, device: torch.device = torch.device("cpu")
     (``readout``: as ``prepare_slice``; "full" for the rows made before readout cropping)."""
     info = read_info(path)
     smask = volume_sampling_mask(info, RunConfig(data=path, out=Path("."), methods=[], accel=accel))
-    x = prepare_slice(info, smask, info.num_slices // 2, device, MapCache(cache_dir() / "maps"), readout,
-                      mask_seed="None", accel=accel, cf=None)
-    return Case(path.stem, accel, round(smask.acceleration, 2), x)
+    ms = prepare_slice(info, smask, info.num_slices // 2, device, MapCache(cache_dir() / "maps"), readout,
+                       mask_seed="None", accel=accel, cf=None)
+    return Case(path.stem, accel, round(smask.acceleration, 2), ms.x, ms.target)
 
 
-def score(case: Case, coil_images: torch.Tensor) -> tuple[float, float, float]:
-    """fastMRI NMSE/PSNR/SSIM of the data-consistent RSS image of ``coil_images``."""
-    img = dc_rss(coil_images, case.x.kspace, case.x.mask, case.x.recon_size).cpu().numpy()
-    return volume_metrics(case.x.target[None], img[None])
+def score(case: Case, image: np.ndarray | torch.Tensor) -> tuple[float, float, float]:
+    """fastMRI NMSE/PSNR/SSIM of a final image ``(rH, rW)``, or of the final image of coil
+    images ``(C, H, W)`` (:func:`~oes_mri.methods.final_image`)."""
+    if isinstance(image, torch.Tensor):
+        image = final_image(case.x, image)
+    return volume_metrics(case.target[None], image[None])
+
+
+def curve_score(case: Case):
+    """The fit curves' monitor: PSNR/SSIM of each logged iterate's final image."""
+    def sc(image: np.ndarray) -> dict:
+        _, psnr, ssim = score(case, image)
+        return {"psnr": psnr, "ssim": ssim}
+    return sc
 
 
 class Rows:
@@ -133,16 +147,16 @@ def run_row(rows: Rows, experiment: str, case: Case, method: str, variant: str, 
             keep_mask[key] = WeightMask.load(done["mask_file"])
         return done
     t = time.perf_counter()
-    res = run_method(method, case.x, settings, weight_mask)
+    res = run_method(method, case.x, settings, weight_mask, score=curve_score(case))
     seconds = time.perf_counter() - t
-    nmse, psnr, ssim = score(case, res.recon.coil_images)
+    nmse, psnr, ssim = score(case, res.image)
     row = {"key": key, "experiment": experiment, "data": case.name, "accel": case.accel, "method": method,
            "variant": variant, "psnr": psnr, "ssim": ssim, "nmse": nmse, "seconds": round(seconds, 1),
            "device": rows.device}
     h = res.history
     if h:
-        _, row["psnr_last"], row["ssim_last"] = score(case, h["last_coil_images"])
         curve = [(r["step"], r["psnr"], r["ssim"]) for r in h["monitor"]]
+        row["psnr_last"], row["ssim_last"] = curve[-1][1:]              # the last step run
         peak = max(curve, key=lambda c: c[1])
         row.update(psnr_peak=peak[1], peak_step=peak[0], steps=len(h["losses"]), curve=curve,
                    mask_seconds=round(h["mask_seconds"], 1))
@@ -158,10 +172,11 @@ def run_row(rows: Rows, experiment: str, case: Case, method: str, variant: str, 
 
 def settings_for(args: argparse.Namespace, **dip: object) -> MethodSettings:
     s = MethodSettings()
-    base = {"steps": args.steps, "mask_steps": args.mask_steps, "cuda_graph": args.device.startswith("cuda")}
+    base = {"fit.steps": args.steps, "pruning.steps": args.mask_steps,
+            "speed.cuda_graph": args.device.startswith("cuda")}
     for change in args.set:
         base.update(ablation(change))
-    s.dip = dataclasses.replace(s.dip, **{**base, **dip})
+    s.dip = s.dip.updated({**base, **dip})
     return s
 
 
@@ -178,21 +193,22 @@ def experiments(args: argparse.Namespace, rows: Rows) -> None:
     if "curves" in todo:
         print("long curves", flush=True)
         for m in args.curve_methods:
-            s = settings_for(args)
-            s.dip.steps = args.curve_steps
-            run_row(rows, "curves", main, m, f"steps={s.dip.steps}", s)
+            s = settings_for(args, **{"fit.steps": args.curve_steps})
+            run_row(rows, "curves", main, m, f"steps={args.curve_steps}", s)
     if "transfer" in todo:
         print("transfer", flush=True)
     for donor in [c for c in order[1:] if c.accel_nominal == main.accel_nominal and "transfer" in todo]:
         key = f"table|{donor.name}|{donor.accel_nominal}|oes|default"
         run_row(rows, "table", donor, "oes", "default", settings_for(args), keep_mask=masks)
-        for init in ("same", "fresh"):
-            s = settings_for(args, transfer_init=init, seed=0 if init == "same" else 1)
-            run_row(rows, "transfer", main, "oes", f"from {donor.name}, {init} init", s, masks[key])
+        for init in ("same", "fresh"):            # the donor's generator init, or another (seed 1)
+            m = masks[key]
+            m = m if init == "same" else WeightMask(m.masks, {**m.meta, "init_seed": 1})
+            s = settings_for(args, seed=0 if init == "same" else 1)
+            run_row(rows, "transfer", main, "oes", f"from {donor.name}, {init} init", s, m)
     if "density" in todo:
         print("density sweep", flush=True)
     for d in args.densities if "density" in todo else []:
-        run_row(rows, "density", main, "oes", f"density={d:g}", settings_for(args, density=d))
+        run_row(rows, "density", main, "oes", f"density={d:g}", settings_for(args, **{"pruning.density": d}))
     if "ablation" in todo:
         print("ablation: what moves Sparse-DIP", flush=True)
     for variant in args.ablations if "ablation" in todo else []:
@@ -247,7 +263,7 @@ def plots(rows: list[dict], out: Path) -> list[str]:
         for i, r in enumerate(curves):
             c = np.asarray(r["curve"])
             sets = dict(v.split("=", 1) for v in r["variant"].split() if "=" in v)
-            pct = f"{100 * float(sets.pop('density', DipConfig.density)):g} %"
+            pct = f"{100 * float(sets.pop('density', sets.pop('pruning.density', PruningConfig.density))):g} %"
             label = {"oes": f"Sparse-DIP (OES {pct})", "dip": "dense DIP"}.get(r["method"], f"{r['method']} {pct}")
             label += "".join(f", {k}={v}" for k, v in sets.items())           # steps and --set changes
             style = {"c": colours[i % len(colours)], "ls": ("-", "--", ":")[i // len(colours) % 3], "lw": 1}
@@ -275,13 +291,13 @@ def plots(rows: list[dict], out: Path) -> list[str]:
     for r in rows:                      # the table's OES row is the default density's point
         rest = "" if r["variant"] == "default" else r["variant"]
         if r["experiment"] == "table" and r["method"] == "oes" and (r["data"], r["accel"]) in cases and rest in groups:
-            groups[rest].append((DipConfig.density, r))
+            groups[rest].append((PruningConfig.density, r))
     if groups:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for rest, dens in sorted(groups.items()):
             dens.sort(key=lambda x: x[0])
             d = [x for x, _ in dens]
-            name = rest or f"allocation={DipConfig.allocation}"
+            name = rest or f"allocation={PruningConfig.allocation}"
             line = ax.semilogx(d, [r["psnr"] for _, r in dens], "o-", label=f"best iterate {name}")
             ax.semilogx(d, [r["psnr_last"] for _, r in dens], "s--", c=line[0].get_color(), label=f"last iterate {name}")
         ax.set(xlabel="density", ylabel="PSNR (dB)", title=f"OES density sweep, {dens[0][1]['data']}")

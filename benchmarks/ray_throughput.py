@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="oes_ray_"))
     os.environ.setdefault("OES_MRI_CACHE", str(work / "cache"))
     data = dataset(work / "data", args.volumes, args.slices, args.size)
-    dip = DipConfig(arch=ArchConfig("hourglass-small"), mask_steps=20, steps=args.steps)
+    dip = DipConfig(arch=ArchConfig("hourglass-small")).updated({"pruning.steps": 20, "fit.steps": args.steps})
     n = args.volumes * args.slices
     rows = []
     for label, opts in (("serial", None), ("Ray, 1 worker", RayOptions("local", 1)),

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     path = args.data or sample_path()
-    settings = MethodSettings(dip=DipConfig(steps=args.steps, validation=ValidationConfig(share=0.0)), tune=False)
+    settings = MethodSettings(dip=DipConfig(validation=ValidationConfig(share=0.0)).updated({"fit.steps": args.steps}),
+                              tune=False)
     lines = [f"# Readout oversampling: {path.name}", "",
              f"`python benchmarks/readout.py` ({platform.machine()}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} thread(s)); Sparse-DIP: {args.steps} fit steps, no hold-out, seed 0; "
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
                 t = time.perf_counter()
                 r = run_method(m, case.x, settings)
                 seconds = time.perf_counter() - t
-                _, psnr, ssim = score(case, r.recon.coil_images)
+                _, psnr, ssim = score(case, r.image)
                 lines.append(f"| {accel:g} | {readout} | {m} | {tuple(case.x.kspace.shape)} | {psnr:.2f} | {ssim:.3f} "
                              f"| {seconds:.1f} |")
                 print(lines[-1], flush=True)

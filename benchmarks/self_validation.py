@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import Case, Rows, default_files, prepare, score  # noqa: E402
+from quality import Case, Rows, curve_score, default_files, prepare, score  # noqa: E402
 
 from oes_mri.atomic import atomic_write_bytes  # noqa: E402
 from oes_mri.methods import LAMBDA_FACTORS, REGISTRY, MethodSettings, run_method  # noqa: E402
@@ -56,11 +56,12 @@ def run_generator(rows: Rows, part: str, case: Case, method: str, seed: int, ste
     key = f"{part}|{case.name}|{case.accel_nominal}|{method}|seed={seed}|{label}"
     if rows.get(key):
         return rows.get(key)
-    s = MethodSettings(dip=DipConfig(steps=steps, seed=seed, validation=validation, log_every=log_every))
+    s = MethodSettings(dip=DipConfig(seed=seed, validation=validation).updated(
+        {"fit.steps": steps, "fit.log_every": log_every}))
     t = time.perf_counter()
-    res = run_method(method, case.x, s)
+    res = run_method(method, case.x, s, score=curve_score(case))
     seconds = time.perf_counter() - t
-    nmse, psnr, ssim = score(case, res.recon.coil_images)
+    nmse, psnr, ssim = score(case, res.image)
     h = res.history
     curve = [(r["step"], r["psnr"], r["ssim"]) for r in h["monitor"]]
     peak = max(curve, key=lambda c: c[1])
@@ -88,7 +89,7 @@ def run_classical(rows: Rows, case: Case, method: str, validation: ValidationCon
     t = time.perf_counter()
     res = m.run(case.x, s)
     seconds = time.perf_counter() - t
-    nmse, psnr, ssim = score(case, res.recon.coil_images)
+    nmse, psnr, ssim = score(case, res.image)
     iters = getattr(s, m.iters_field)
     grid = [score(case, m.solve(case.x.kspace, case.x.mask, case.x.maps, lam, iters).coil_images)[1:]
             for lam in res.history["lambda_grid"]]

@@ -14,17 +14,22 @@ and the regularised baselines choose their weight from a grid by it
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, Sequence
 
+import numpy as np
 import torch
 
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers import classical
 from oes_mri.solvers.classical import Recon
-from oes_mri.solvers.sparse_dip import DipConfig, DipOutput, SliceData, reconstruct_dip_batch
+from oes_mri.solvers.combine import dc_rss
+from oes_mri.solvers.config import DipConfig
+from oes_mri.solvers.sparse_dip import SliceData, Weights, reconstruct_dip_batch
 from oes_mri.solvers.tuning import choose_lambda
 
-SliceInput = SliceData  # what a method sees of one slice: kspace, mask, maps, recon_size, target, source
+SliceInput = SliceData  # what a method sees of one slice: kspace, mask, maps, recon_size, source
+Score = Callable[[np.ndarray], dict]
+"""``score(image) -> dict`` of a final image ``(rH, rW)`` (e.g. PSNR/SSIM against a target)."""
 
 LAMBDA_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
 """Held-out lambda grid: these multiples of the method's fixed weight."""
@@ -56,10 +61,25 @@ class MethodSettings:
         return self.tune and self.dip.validation.enabled
 
 
+def final_image(x: SliceInput, coil_images: torch.Tensor) -> np.ndarray:
+    """The output image of every method: data consistency with every measured sample, then
+    RSS, centre-cropped to the recon size (:func:`~oes_mri.solvers.combine.dc_rss`), as
+    ``(rH, rW)`` float32 on the host."""
+    return dc_rss(coil_images, x.kspace, x.mask, x.recon_size).cpu().numpy().astype(np.float32)
+
+
 class MethodResult(NamedTuple):
+    """A method's reconstruction of one slice."""
+    image: np.ndarray
+    """the final image ``(rH, rW)`` (:func:`final_image`)"""
     recon: Recon
+    """coil images and the combined image of the solver"""
     history: dict
+    """losses, curves, steps, the chosen lambda ... (empty for zero-filling)"""
     weight_mask: WeightMask | None
+    """the pruning mask of an untrained generator"""
+    weights: Weights | None = None
+    """the fitted generator's state (a neighbour's warm start)"""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +109,7 @@ class Method:
         """The settings its output depends on."""
         if self.untrained:
             d = dataclasses.asdict(settings.dip)
-            d.pop("pruning")
+            d["pruning"].pop("method")
             return {"dip": d}
         fp = {}
         if self.lambda_field:
@@ -101,30 +121,54 @@ class Method:
             fp["iters"] = getattr(settings, self.iters_field)
         return fp
 
+    def config(self, settings: MethodSettings) -> DipConfig:
+        """The untrained generator's settings of this method."""
+        return settings.dip.updated({"pruning.method": self.pruning})
+
+    def warm_starts(self, settings: MethodSettings, shared_mask: bool) -> bool:
+        """Its slices are chained within a volume: an untrained generator with warm starts on,
+        dense or with one pruning mask for every slice (``shared_mask``)."""
+        return self.untrained and settings.dip.warm.enabled and (self.pruning == "dense" or shared_mask)
+
     def run(self, x: SliceInput, settings: MethodSettings, weight_mask: WeightMask | None = None,
-            progress: Callable[[int, dict], None] | None = None) -> MethodResult:
-        """Reconstruct one slice."""
-        return self.run_batch([x], settings, weight_mask, progress)[0]
+            progress: Callable[[int, dict], None] | None = None, score: Score | None = None,
+            init: Weights | None = None) -> MethodResult:
+        """Reconstruct one slice (:meth:`run_batch`)."""
+        return self.run_batch([x], settings, weight_mask, progress, [score], [init])[0]
 
     def run_batch(self, xs: list[SliceInput], settings: MethodSettings, weight_mask: WeightMask | None = None,
-                  progress: Callable[[int, dict], None] | None = None) -> list[MethodResult]:
+                  progress: Callable[[int, dict], None] | None = None, scores: Sequence[Score | None] | None = None,
+                  inits: Sequence[Weights | None] | None = None) -> list[MethodResult]:
         """Reconstruct several slices of one size; untrained generators are fitted together
-        (:func:`~oes_mri.solvers.sparse_dip.reconstruct_dip_batch`)."""
+        (:func:`~oes_mri.solvers.sparse_dip.reconstruct_dip_batch`).
+
+        Args:
+            weight_mask: the pruning mask of ``oes`` (ignored by the other methods).
+            progress: ``progress(step, {...})`` of the fits.
+            scores: per slice, ``score(image) -> dict`` of the final image of an iterate, logged
+                in the history's curves every ``log_every`` fit steps (the method never sees a target).
+            inits: per slice, a warm start for an untrained generator (``None``: random init).
+        """
         if not self.untrained:
             return [self._classical(x, settings) for x in xs]
-        cfg = dataclasses.replace(settings.dip, pruning=self.pruning)
-        outs = reconstruct_dip_batch(xs, cfg, weight_mask if self.name == "oes" else None, progress)
-        return [_result(o) for o in outs]
+        scores = list(scores) if scores is not None else [None] * len(xs)
+        monitors = [None if sc is None else _monitor(x, sc) for x, sc in zip(xs, scores)]
+        outs = reconstruct_dip_batch(xs, self.config(settings), weight_mask if self.name == "oes" else None,
+                                     progress, monitors, inits)
+        return [MethodResult(final_image(x, o.coil_images), Recon(o.coil_images, o.image), o.history,
+                             o.weight_mask, o.weights) for x, o in zip(xs, outs)]
 
     def _classical(self, x: SliceInput, settings: MethodSettings) -> MethodResult:
         if self.solve is None:
-            return MethodResult(classical.zero_filled(x.kspace, x.mask, x.maps), {}, None)
+            rec = classical.zero_filled(x.kspace, x.mask, x.maps)
+            return MethodResult(final_image(x, rec.coil_images), rec, {}, None)
         iters = getattr(settings, self.iters_field)
         lamda, history = getattr(settings, self.lambda_field), {}
         if settings.tuned():
             choice = self.choose(x, settings)
             lamda, history = choice.lamda, {"lambda_grid": list(choice.grid), "lambda_errors": list(choice.errors)}
-        return MethodResult(self.solve(x.kspace, x.mask, x.maps, lamda, iters), {**history, "lambda": lamda}, None)
+        rec = self.solve(x.kspace, x.mask, x.maps, lamda, iters)
+        return MethodResult(final_image(x, rec.coil_images), rec, {**history, "lambda": lamda}, None)
 
     def choose(self, x: SliceInput, settings: MethodSettings):
         """The held-out choice of this method's weight on slice ``x`` (:func:`choose_lambda`)."""
@@ -137,8 +181,9 @@ class Method:
         return choose_lambda(solve, x.kspace, split, [centre * f for f in LAMBDA_FACTORS])
 
 
-def _result(out: DipOutput) -> MethodResult:
-    return MethodResult(Recon(out.coil_images, out.image), out.history, out.weight_mask)
+def _monitor(x: SliceInput, score: Score) -> Callable[[torch.Tensor], dict]:
+    """A fit monitor that scores the final image of each logged iterate."""
+    return lambda coil_images: score(final_image(x, coil_images))
 
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
@@ -172,12 +217,14 @@ def parse_methods(spec: str) -> list[str]:
 
 
 def run_method(name: str, x: SliceInput, settings: MethodSettings, weight_mask: WeightMask | None = None,
-               progress: Callable[[int, dict], None] | None = None) -> MethodResult:
-    """Reconstruct one slice with method ``name`` (:data:`REGISTRY`)."""
-    return REGISTRY[name].run(x, settings, weight_mask, progress)
+               progress: Callable[[int, dict], None] | None = None, score: Score | None = None,
+               init: Weights | None = None) -> MethodResult:
+    """Reconstruct one slice with method ``name`` (:data:`REGISTRY`, :meth:`Method.run`)."""
+    return REGISTRY[name].run(x, settings, weight_mask, progress, score, init)
 
 
 def run_batch(name: str, xs: list[SliceInput], settings: MethodSettings, weight_mask: WeightMask | None = None,
-              progress: Callable[[int, dict], None] | None = None) -> list[MethodResult]:
+              progress: Callable[[int, dict], None] | None = None, scores: Sequence[Score | None] | None = None,
+              inits: Sequence[Weights | None] | None = None) -> list[MethodResult]:
     """Reconstruct several slices of one size with method ``name`` (:meth:`Method.run_batch`)."""
-    return REGISTRY[name].run_batch(xs, settings, weight_mask, progress)
+    return REGISTRY[name].run_batch(xs, settings, weight_mask, progress, scores, inits)

@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from oes_mri import chain
 from oes_mri.atomic import atomic_write_bytes
 from oes_mri.data.fastmri_io import write_reconstruction
 from oes_mri.data.nifti_io import write_nifti
@@ -29,15 +30,14 @@ from oes_mri.data.sample import cache_dir
 from oes_mri.data.volumes import list_volumes, load_slice, parse_slices, read_info
 from oes_mri.errors import InputError
 from oes_mri.fileid import file_identity
-from oes_mri.methods import REGISTRY, UNTRAINED, MethodSettings, SliceInput, run_batch, run_method
-from oes_mri.metrics import volume_metrics
+from oes_mri.methods import REGISTRY, UNTRAINED, MethodResult, MethodSettings, Score, run_batch, run_method
+from oes_mri.metrics import slice_metrics, volume_metrics
 from oes_mri.physics.coils import MapCache
 from oes_mri.progress import Progress
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.slices import center_fraction, prepare_slice, volume_sampling_mask
-from oes_mri.solvers.combine import dc_rss
-from oes_mri.storage import (SliceResult, load_checkpoint, out_lock, read_json, save_checkpoint, valid_checkpoint,
-                             write_metrics)
+from oes_mri.slices import MeasuredSlice, center_fraction, prepare_slice, volume_sampling_mask
+from oes_mri.storage import (SliceResult, load_checkpoint, load_weights, out_lock, read_json, save_checkpoint,
+                             save_weights, valid_checkpoint, write_metrics)
 
 log = logging.getLogger("oes_mri")
 
@@ -78,18 +78,34 @@ class RunConfig:
         return json.loads(json.dumps(fp, default=str))
 
 
-def slice_result(method: str, index: int, x: SliceInput, res, seconds: float) -> SliceResult:
-    """Image (data consistency + RSS) and curves of a method's result."""
-    image = dc_rss(res.recon.coil_images, x.kspace, x.mask, x.recon_size).cpu().numpy().astype(np.float32)
-    if not np.isfinite(image).all():
-        raise RuntimeError(f"{x.source}: {method} produced a non-finite image; not written")
+def slice_result(method: str, index: int, source: str, res: MethodResult, seconds: float) -> SliceResult:
+    """What is kept of a method's result on one slice: the final image, curves, steps, lambda
+    and (untrained generators) the fitted weights, on the host."""
+    if not np.isfinite(res.image).all():
+        raise RuntimeError(f"{source}: {method} produced a non-finite image; not written")
     h = res.history
     mon = h.get("monitor", [])
     steps = np.asarray([h["steps"], h["best_step"]] if "steps" in h else [], np.int64)
-    return SliceResult(method, index, image, float(seconds), np.asarray(h.get("losses", []), np.float32),
+    weights = None if res.weights is None else {n: t.cpu().numpy() for n, t in res.weights.items()}
+    return SliceResult(method, index, res.image, float(seconds), np.asarray(h.get("losses", []), np.float32),
                        np.asarray([[r["step"], r["psnr"], r["ssim"]] for r in mon if "psnr" in r], np.float64),
                        np.asarray(h.get("val_losses", []), np.float32), steps,
-                       np.asarray([h["lambda"]] if "lambda" in h else [], np.float64))
+                       np.asarray([h["lambda"]] if "lambda" in h else [], np.float64), weights)
+
+
+def scorer(target: np.ndarray | None) -> Score | None:
+    """PSNR/SSIM of a final image against ``target`` (the fit curves), ``None`` without one."""
+    if target is None:
+        return None
+    return lambda image: dict(zip(("psnr", "ssim"), slice_metrics(target, image)))
+
+
+Warm = dict[str, dict[int, dict[str, np.ndarray]]]
+"""method -> slice -> fitted weights: the warm starts a volume's chain continues from."""
+
+
+def _torch(weights: dict[str, np.ndarray] | None) -> dict[str, torch.Tensor] | None:
+    return None if weights is None else {n: torch.from_numpy(a) for n, a in weights.items()}
 
 
 class VolumeData:
@@ -117,7 +133,7 @@ class VolumeData:
         B = max(1, self.cfg.batch_slices)
         return [self.indices[i:i + B] for i in range(0, len(self.indices), B)]
 
-    def slice_input(self, index: int) -> SliceInput:
+    def slice_input(self, index: int) -> MeasuredSlice:
         """Undersampled k-space, maps and target of one slice (maps from the disk cache)."""
         return prepare_slice(self.info, self.smask, index, self.device, self.maps_cache, self.cfg.readout,
                              mask_seed=str(self.cfg.seed), accel=self.cfg.accel, cf=self.cfg.center_fraction)
@@ -137,30 +153,63 @@ class VolumeData:
         """Sparse-DIP on the reference slice: the volume's OES mask and that slice's result."""
         progress = progress or Progress()
         ref = self.reference_slice
-        x = self.slice_input(ref)
+        ms = self.slice_input(ref)
         t = time.perf_counter()
-        res = run_method("oes", x, self.cfg.settings, None,
-                         progress.fit(f"{self.info.path.name} slice {ref} oes", self.cfg.settings.dip.steps))
-        return res.weight_mask, slice_result("oes", ref, x, res, time.perf_counter() - t)
+        res = run_method("oes", ms.x, self.cfg.settings, None,
+                         progress.fit(f"{self.info.path.name} slice {ref} oes", self.cfg.settings.dip.fit.steps),
+                         scorer(ms.target))
+        return res.weight_mask, slice_result("oes", ref, ms.x.source, res, time.perf_counter() - t)
+
+    def chained(self, method: str) -> bool:
+        """``method``'s slices warm-start each other (:mod:`oes_mri.chain`): an untrained
+        generator, warm starts on, and dense or one pruning mask for the whole volume."""
+        shared = self.cfg.weight_mask is not None or self.cfg.mask_per == "volume"
+        return REGISTRY[method].warm_starts(self.cfg.settings, shared)
 
     def reconstruct(self, todo: dict[str, list[int]], weight_mask: WeightMask | None,
-                    progress: Progress | None = None) -> Iterator[list[SliceResult]]:
-        """Reconstruct ``todo`` (method -> slice indices), ``cfg.batch_slices`` slices at a time
-        for the untrained generators; yields each (method, batch)'s results as they finish."""
+                    progress: Progress | None = None, warm: Warm | None = None) -> Iterator[list[SliceResult]]:
+        """Reconstruct ``todo`` (method -> slice indices); yields each group's results as they
+        finish. Methods whose slices are chained (:meth:`chained`) run wave by wave outward
+        from the reference slice, each slice starting from its parent's fitted weights (from
+        ``warm``, or fitted here); the others run ``cfg.batch_slices`` slices at a time."""
         progress = progress or Progress()
+        free = {m: idx for m, idx in todo.items() if idx and not self.chained(m)}
         for batch in self.batches():
-            wanted = [i for i in batch if any(i in idx for idx in todo.values())]
+            wanted = [i for i in batch if any(i in idx for idx in free.values())]
             inputs = {i: self.slice_input(i) for i in wanted}
-            for m, idx in todo.items():
+            for m, idx in free.items():
                 idx = [i for i in batch if i in idx]
-                if not idx:
-                    continue
-                t = time.perf_counter()
-                fit_progress = (progress.fit(f"{self.info.path.name} slice {','.join(map(str, idx))} {m}",
-                                             self.cfg.settings.dip.steps) if m in UNTRAINED else None)
-                results = run_batch(m, [inputs[i] for i in idx], self.cfg.settings, weight_mask, fit_progress)
-                seconds = (time.perf_counter() - t) / len(idx)
-                yield [slice_result(m, i, inputs[i], r, seconds) for i, r in zip(idx, results)]
+                if idx:
+                    yield self._run(m, idx, inputs, weight_mask, progress)
+        for m, idx in todo.items():
+            if idx and self.chained(m):
+                yield from self._chain(m, idx, weight_mask, progress, dict((warm or {}).get(m, {})))
+
+    def _chain(self, method: str, todo: list[int], weight_mask: WeightMask | None, progress: Progress,
+               fitted: dict[int, dict[str, np.ndarray]]) -> Iterator[list[SliceResult]]:
+        """One method's chain over ``todo``, ``fitted``: the weights of the slices done so far."""
+        for wave in chain.waves(self.indices, self.reference_slice, todo, self.cfg.batch_slices):
+            inits = []
+            for link in wave:
+                if link.parent is not None and fitted.get(link.parent) is None:
+                    log.warning("%s slice %d %s: no fitted weights of slice %d; starting from the random init",
+                                self.info.path.name, link.index, method, link.parent)
+                inits.append(_torch(fitted.get(link.parent)) if link.parent is not None else None)
+            idx = [link.index for link in wave]
+            results = self._run(method, idx, {i: self.slice_input(i) for i in idx}, weight_mask, progress, inits)
+            fitted.update((r.index, r.weights) for r in results)
+            yield results
+
+    def _run(self, method: str, idx: list[int], inputs: dict[int, MeasuredSlice], weight_mask: WeightMask | None,
+             progress: Progress, inits: list | None = None) -> list[SliceResult]:
+        """``method`` on the slices ``idx`` at once."""
+        t = time.perf_counter()
+        fit_progress = (progress.fit(f"{self.info.path.name} slice {','.join(map(str, idx))} {method}",
+                                     self.cfg.settings.dip.fit.steps) if method in UNTRAINED else None)
+        results = run_batch(method, [inputs[i].x for i in idx], self.cfg.settings, weight_mask, fit_progress,
+                            [scorer(inputs[i].target) for i in idx], inits)
+        seconds = (time.perf_counter() - t) / len(idx)
+        return [slice_result(method, i, inputs[i].x.source, r, seconds) for i, r in zip(idx, results)]
 
 
 class VolumeRun(VolumeData):
@@ -204,6 +253,10 @@ class VolumeRun(VolumeData):
     def checkpoint(self, method: str, index: int) -> Path:
         return self.ckdir / method / f"slice_{index:04d}.npz"
 
+    def weights_path(self, method: str, index: int) -> Path:
+        """The fitted weights of a chained slice, kept while a slice still to fit starts from them."""
+        return self.ckdir / method / f"slice_{index:04d}.weights.npz"
+
     @property
     def mask_path(self) -> Path:
         return self.ckdir / "oes" / "weight_mask.safetensors"
@@ -214,10 +267,32 @@ class VolumeRun(VolumeData):
                 and not self.mask_path.exists())
 
     def save(self, r: SliceResult) -> None:
-        """Checkpoint a finished (slice, method), once: a result already on disk is kept."""
+        """Checkpoint a finished (slice, method), once: a result already on disk is kept.
+        A chained slice's weights are kept until every slice that starts from them is done
+        (the chain's two ends stay, for a rerun with more slices)."""
         path = self.checkpoint(r.method, r.index)
-        if not path.exists():
-            save_checkpoint(path, r)
+        if path.exists():
+            return
+        chained = r.weights is not None and self.chained(r.method)
+        if chained:
+            save_weights(self.weights_path(r.method, r.index), r.weights)
+        save_checkpoint(path, r)
+        if chained:
+            kids = chain.children(self.indices, self.reference_slice)
+            for p in (r.index, chain.parents(self.indices, self.reference_slice)[r.index]):
+                if p is not None and kids[p] and all(self.checkpoint(r.method, k).exists() for k in kids[p]):
+                    self.weights_path(r.method, p).unlink(missing_ok=True)
+
+    def warm_weights(self, todo: dict[str, list[int]]) -> Warm:
+        """The stored weights the chains of ``todo`` continue from: each to-do slice's parent
+        when that is done (a resumed run, or the OES reference slice)."""
+        par = chain.parents(self.indices, self.reference_slice)
+        warm: Warm = {}
+        for m, idx in todo.items():
+            if self.chained(m):
+                starts = {par[i] for i in idx if par[i] is not None and par[i] not in idx}
+                warm[m] = {p: w for p in starts if (w := load_weights(self.weights_path(m, p))) is not None}
+        return warm
 
     def save_mask(self, wm: WeightMask, r: SliceResult) -> None:
         wm.save(self.mask_path)
@@ -249,7 +324,7 @@ class VolumeRun(VolumeData):
         wm = self.weight_mask()
         if self.cfg.mask_per == "volume" and "oes" in todo:      # the reference slice was just checkpointed
             todo["oes"] = [i for i in todo["oes"] if not self.checkpoint("oes", i).exists()]
-        for results in self.reconstruct(todo, wm, self.progress):
+        for results in self.reconstruct(todo, wm, self.progress, self.warm_weights(todo)):
             for r in results:
                 self.save(r)
             self.progress.done(f"{self.info.path.name} slice {','.join(str(r.index) for r in results)} "

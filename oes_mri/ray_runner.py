@@ -1,8 +1,10 @@
 """Reconstruct many volumes on a Ray cluster (``python -m oes_mri.recon --ray ...``).
 
 Jobs are Ray tasks: per volume, one task learns the volume's OES mask on its reference slice
-(``--mask-per volume``), and one task per group of ``batch_slices`` slices reconstructs them
-with every method still to do. The mask goes to that volume's slice tasks through Ray's
+(``--mask-per volume``), one task per group of ``batch_slices`` slices reconstructs them
+with every method whose slices are independent, and one task runs the chains of the
+warm-started methods (:mod:`oes_mri.chain`: a chain is sequential; the volumes' chains run
+in parallel). The mask goes to that volume's slice tasks through Ray's
 object store (the slice tasks depend on it; the other volumes do not wait). Each task asks
 for ``task_cpus`` CPUs and ``task_gpus`` GPUs (fractional values pack several small fits on
 one GPU). Results come back to the driver, which writes them through the same checkpoints
@@ -19,13 +21,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import Callable
 
 from oes_mri.data.volumes import list_volumes
 from oes_mri.errors import InputError
-from oes_mri.pipeline import RunConfig, VolumeData, VolumeRun
+from oes_mri.pipeline import RunConfig, VolumeData, VolumeRun, Warm
 from oes_mri.progress import Progress
 from oes_mri.storage import SliceResult, out_lock, write_metrics
 from oes_mri.pruning.weightmask import WeightMask
@@ -33,8 +34,7 @@ from oes_mri.pruning.weightmask import WeightMask
 log = logging.getLogger("oes_mri")
 
 RAY_MISSING = "--ray needs Ray, which is not installed: pip install 'oes-mri[ray]'"
-FAULT_ENV = "OES_MRI_FAULT_KILL_ONCE"     # fault injection for tests: a marker file path
-FORWARDED_ENV = ("OES_MRI_CACHE", FAULT_ENV)
+FORWARDED_ENV = ("OES_MRI_CACHE",)
 
 
 @dataclasses.dataclass
@@ -65,28 +65,24 @@ def import_ray():
     return ray
 
 
-def _fault_injection() -> None:
-    """If ``$OES_MRI_FAULT_KILL_ONCE`` names a file that does not exist yet: create it and
-    kill this worker process (SIGKILL), once. Used by the tests to simulate a lost worker."""
-    marker = os.environ.get(FAULT_ENV)
-    if marker and not os.path.exists(marker):
-        Path(marker).write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 def _learn_mask(path: Path, cfg: RunConfig) -> tuple[WeightMask, SliceResult]:
     """Task: the volume's OES mask and its reference slice's result."""
-    _fault_injection()
     return VolumeData(path, cfg).learn_mask()
 
 
 def _reconstruct(path: Path, cfg: RunConfig, todo: dict[str, list[int]],
-                 mask: tuple[WeightMask, SliceResult] | WeightMask | None) -> list[SliceResult]:
-    """Task: reconstruct ``todo`` (method -> slices) of one volume."""
-    _fault_injection()
-    wm = mask[0] if isinstance(mask, tuple) else mask
+                 mask: tuple[WeightMask, SliceResult] | WeightMask | None, warm: Warm | None = None) -> list[SliceResult]:
+    """Task: reconstruct ``todo`` (method -> slices) of one volume; ``warm``: the stored
+    weights its chains continue from (plus the OES reference slice's, from the mask task)."""
+    warm = {m: dict(w) for m, w in (warm or {}).items()}
+    if isinstance(mask, tuple):
+        wm, ref = mask
+        if ref.weights is not None:
+            warm.setdefault("oes", {})[ref.index] = ref.weights
+    else:
+        wm = mask
     vol = VolumeData(path, cfg)
-    return [r for results in vol.reconstruct(todo, wm) for r in results]
+    return [r for results in vol.reconstruct(todo, wm, warm=warm) for r in results]
 
 
 def _init(ray, opts: RayOptions) -> bool:
@@ -198,13 +194,19 @@ def _submit(ray, v: _Volume, todo: dict[str, list[int]], learn, recon, pending: 
         todo["oes"] = [i for i in todo["oes"] if i != run.reference_slice]
     elif "oes" in todo and todo["oes"]:
         mask = ray.put(run.weight_mask())
+    chained = {m: idx for m, idx in todo.items() if idx and run.chained(m)}
     for batch in run.batches():
-        part = {m: [i for i in batch if i in idx] for m, idx in todo.items()}
+        part = {m: [i for i in batch if i in idx] for m, idx in todo.items() if m not in chained}
         part = {m: idx for m, idx in part.items() if idx}
         if part:
             ref = recon.remote(run.info.path, run.cfg, part, mask if "oes" in part else None)
             pending[ref] = (v, "slices")
             v.pending += 1
+    if chained:
+        ref = recon.remote(run.info.path, run.cfg, chained, mask if "oes" in chained else None,
+                           run.warm_weights(chained))
+        pending[ref] = (v, "chain")
+        v.pending += 1
 
 
 def _finish(v: _Volume, cfg: RunConfig, on_volume) -> list[dict]:

@@ -14,7 +14,6 @@ Exit codes: 0 success; 2 bad input or options (one line on stderr; --debug for a
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import math
 import sys
@@ -53,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     from oes_mri.methods import DEFAULT_METHODS, METHODS
     from oes_mri.nets.generator import ARCHS
     from oes_mri.physics.holdout import SHAPES
-    from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig
+    from oes_mri.solvers.config import FitConfig, OesConfig, PruningConfig, ValidationConfig, WarmStart
 
     p = argparse.ArgumentParser(prog="python -m oes_mri.recon", description=__doc__.split("\n\n")[1],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,13 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"comma list of {', '.join(METHODS)}, or 'all' (default {','.join(DEFAULT_METHODS)})")
     g = p.add_argument_group("Sparse-DIP (oes) and DIP")
     g.add_argument("--density", type=float, default=0.05, help="kept fraction of prunable weights (default 0.05)")
-    g.add_argument("--oes-init", choices=LOGIT_INITS, default=DipConfig.oes_init,
+    g.add_argument("--oes-init", choices=LOGIT_INITS, default=OesConfig.init,
                    help="OES starting logits: zero (published, default), density (each layer's kept share), "
                    "magnitude, density+magnitude")
-    g.add_argument("--oes-estimator", choices=ESTIMATORS, default=DipConfig.oes_estimator,
+    g.add_argument("--oes-estimator", choices=ESTIMATORS, default=OesConfig.estimator,
                    help="mask in each OES step: relaxed Bernoulli (published) or the top-k subnetwork "
                    "with straight-through gradients")
-    g.add_argument("--allocation", choices=ALLOCATIONS, default=DipConfig.allocation,
+    g.add_argument("--allocation", choices=ALLOCATIONS, default=PruningConfig.allocation,
                    help="split of the density over the layers: erk (default: Erdos-Renyi-Kernel; the OES "
                    "logits pick the weights within each layer), global (top-k over all layers, as published), "
                    "uniform, or magnitude (the split of global magnitude pruning at init)")
@@ -99,9 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fitting steps: the cap when held-out k-space stops the fit (default 300 on the CPU, "
                    "3000 on CUDA)")
     g.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the fit (default 0.01)")
-    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=DipConfig.lr_schedule,
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=FitConfig.lr_schedule,
                    help="learning rate over the fit: constant, or cosine from --lr to 0 over --steps "
-                   f"(default {DipConfig.lr_schedule})")
+                   f"(default {FitConfig.lr_schedule})")
     g.add_argument("--arch", choices=ARCHS, default="hourglass", help="generator (default: OES hourglass, 3.0M)")
     g.add_argument("--dip-seed", type=int, default=0, help="generator init / input noise seed (default 0)")
     g.add_argument("--pruning-mask", "--weight-mask", dest="weight_mask", type=Path, default=None,
@@ -133,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
                    f"(default {ValidationConfig.patience})")
     g.add_argument("--holdout-folds", type=int, default=ValidationConfig.folds,
                    help=f"average K fits on K different hold-out splits (default {ValidationConfig.folds})")
+    g.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=WarmStart.enabled,
+                   help="fit a volume's slices as a chain outward from its middle slice, each starting from "
+                   "its neighbour's fitted generator and stopped by its own held-out k-space (default on; "
+                   "for DIP and for Sparse-DIP with one pruning mask per volume)")
+    g.add_argument("--warm-patience", type=int, default=None,
+                   help="held-out patience of a warm-started slice (default: --patience)")
     g.add_argument("--tune-lambda", action=argparse.BooleanOptionalAction, default=True,
                    help="choose the CG-SENSE / L1 / TV weight from a grid by held-out error (default on)")
     g = p.add_argument_group("run")
@@ -183,29 +188,17 @@ def make_config(args: argparse.Namespace):
     """Validate the options and build a :class:`oes_mri.pipeline.RunConfig`."""
     from oes_mri.data.sample import sample_path
     from oes_mri.methods import MethodSettings, parse_methods
-    from oes_mri.nets.generator import ArchConfig
     import torch
 
     from oes_mri.pipeline import RunConfig
     from oes_mri.solvers.dip import use_cuda_graph
-    from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig
 
     if not 1 <= args.accel < math.inf:
         raise InputError(None, f"--accel {args.accel}: must be a finite number >= 1")
     if args.center_fraction is not None and not 0 < args.center_fraction <= 1:
         raise InputError(None, f"--center-fraction {args.center_fraction}: must be in (0, 1]")
-    if not 0 < args.density <= 1:
-        raise InputError(None, f"--density {args.density}: must be in (0, 1]")
-    for name, flag in (("steps", "--steps"), ("mask_steps", "--prune-steps")):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise InputError(None, f"{flag} {v}: must be >= 1")
     if args.batch_slices < 1:
         raise InputError(None, f"--batch-slices {args.batch_slices}: must be >= 1")
-    if not args.input_jitter >= 0:
-        raise InputError(None, f"--input-jitter {args.input_jitter}: must be >= 0")
-    if not 0 < args.lr < math.inf:
-        raise InputError(None, f"--lr {args.lr}: must be a finite number > 0")
     try:
         methods = parse_methods(args.methods)
     except ValueError as err:
@@ -222,17 +215,7 @@ def make_config(args: argparse.Namespace):
         use_cuda_graph(graph, torch.device(device), args.compile, args.input_jitter)
     except ValueError as err:
         raise InputError(None, f"--cuda-graph: {err}")
-    try:
-        validation = ValidationConfig(share=args.holdout, shape=args.holdout_shape, patience=args.patience,
-                                      folds=args.holdout_folds)
-    except ValueError as err:
-        raise InputError(None, f"--holdout/--patience/--holdout-folds: {err}")
-    dip = DipConfig(arch=ArchConfig(args.arch), density=args.density, validation=validation, lr=args.lr, lr_schedule=args.lr_schedule,
-                    seed=args.dip_seed, output=args.output_iterate, compile=args.compile, amp=args.amp, steps=steps,
-                    input_jitter=args.input_jitter, cuda_graph=graph, oes_init=args.oes_init,
-                    oes_estimator=args.oes_estimator, allocation=args.allocation)
-    if args.mask_steps is not None:
-        dip = dataclasses.replace(dip, mask_steps=args.mask_steps)
+    dip = dip_config(args, steps, graph)
     return RunConfig(data=args.data or sample_path(), out=args.out, methods=methods, accel=args.accel,
                      center_fraction=args.center_fraction, mask_kind=args.mask_kind, seed=args.seed,
                      slices=args.slices, challenge=args.challenge,
@@ -242,14 +225,43 @@ def make_config(args: argparse.Namespace):
                      nifti="nifti" in (args.save or ()), readout=args.readout)
 
 
+def dip_config(args: argparse.Namespace, steps: int, cuda_graph: bool):
+    """The untrained generators' settings from the options; a refused value is named by its flag."""
+    from oes_mri.nets.generator import ArchConfig
+    from oes_mri.solvers.config import (DipConfig, FitConfig, OesConfig, PruningConfig, SpeedConfig,
+                                        ValidationConfig, WarmStart)
+
+    def build(flags: str, make):
+        try:
+            return make()
+        except ValueError as err:
+            raise InputError(None, f"{flags}: {err}")
+
+    pruning = build("--density/--prune-steps/--allocation", lambda: PruningConfig(
+        density=args.density, allocation=args.allocation,
+        **({"steps": args.mask_steps} if args.mask_steps is not None else {})))
+    oes = build("--oes-init/--oes-estimator", lambda: OesConfig(init=args.oes_init, estimator=args.oes_estimator))
+    fit = build("--steps/--lr/--lr-schedule/--output-iterate/--input-jitter", lambda: FitConfig(
+        steps=steps, lr=args.lr, lr_schedule=args.lr_schedule, output=args.output_iterate,
+        input_jitter=args.input_jitter))
+    validation = build("--holdout/--holdout-shape/--patience/--holdout-folds", lambda: ValidationConfig(
+        share=args.holdout, shape=args.holdout_shape, patience=args.patience, folds=args.holdout_folds))
+    speed = build("--compile/--amp/--cuda-graph", lambda: SpeedConfig(compile=args.compile, amp=args.amp,
+                                                                       cuda_graph=cuda_graph))
+    warm = build("--warm-start/--warm-patience", lambda: WarmStart(args.warm_start, args.warm_patience))
+    return build("--cuda-graph/--input-jitter", lambda: DipConfig(
+        arch=ArchConfig(args.arch), seed=args.dip_seed, pruning=pruning, oes=oes, fit=fit, validation=validation,
+        speed=speed, warm=warm))
+
+
 def default_steps(device: str) -> int:
     """Fit steps when ``--steps`` is not given: ``DipConfig``'s 300 on the CPU (the demo's
     3-minute budget on 2 cores; the built-in sample reaches 99 % of its final SSIM by step 200),
     3000 on CUDA (Sparse-DIP still gains about 2 dB from 450 to 3000 steps on the shared brain
     at 4x: benchmarks/results/quality.md)."""
-    from oes_mri.solvers.sparse_dip import DipConfig
+    from oes_mri.solvers.config import FitConfig
 
-    return 3000 if device.startswith("cuda") else DipConfig.steps
+    return 3000 if device.startswith("cuda") else FitConfig.steps
 
 
 def _figures(vol, records: list[dict]) -> list[str]:
@@ -262,7 +274,7 @@ def _figures(vol, records: list[dict]) -> list[str]:
     out, name = vol.cfg.out, vol.info.path.stem
     mid = len(vol.indices) // 2
     index = vol.indices[mid]
-    x = vol.slice_input(index)
+    x, target = vol.slice_input(index)
     from oes_mri.solvers.combine import zero_filled_rss
 
     images = {"zero-filled": zero_filled_rss(x.kspace, x.recon_size).cpu().numpy()}
@@ -273,7 +285,7 @@ def _figures(vol, records: list[dict]) -> list[str]:
             images[m] = ck["image"]
         curves[m] = report.FitCurves(ck["curve"], ck["vals"], int(ck["steps"][1]) if ck["steps"].size else None)
     files = [f"figures/{name}_slice{index}.png", f"figures/{name}_mask.png"]
-    report.comparison_grid(out / files[0], images, x.target, f"{vol.info.path.name} slice {index}, "
+    report.comparison_grid(out / files[0], images, target, f"{vol.info.path.name} slice {index}, "
                            f"{vol.smask.acceleration:.2f}x {vol.smask.kind}")
     report.mask_figure(out / files[1], np.broadcast_to(vol.smask.mask.cpu().numpy(), vol.info.shape),
                        f"{vol.smask.kind} mask, {vol.smask.acceleration:.2f}x, ACS {vol.smask.acs_width}")

@@ -1,11 +1,13 @@
 """A measured slice: the volume's sampling mask (the file's own or a new one), the
 undersampled k-space with its readout oversampling removed, the coil maps and the target:
-everything a method sees of one slice (:class:`~oes_mri.solvers.sparse_dip.SliceData`)."""
+everything a method sees of one slice (:class:`~oes_mri.solvers.sparse_dip.SliceData`), and
+the target it is scored against (never handed to a method)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
 
 from oes_mri.data.fastmri_io import VolumeInfo
@@ -55,8 +57,16 @@ i.e. a column mask); coil maps are estimated on the acquired readout and cropped
 cropped k-space (measured in ``docs/self_validation.md``)."""
 
 
+class MeasuredSlice(NamedTuple):
+    """A slice as measured, and its target."""
+    x: SliceInput
+    """what a method sees"""
+    target: np.ndarray | None
+    """the file's ``reconstruction_rss`` slice ``(rH, rW)``, ``None`` when it has none"""
+
+
 def prepare_slice(info: VolumeInfo, smask: SamplingMask, index: int, device: torch.device,
-                  maps_cache: MapCache, readout: str = "crop", **key: object) -> SliceInput:
+                  maps_cache: MapCache, readout: str = "crop", **key: object) -> MeasuredSlice:
     """One slice ready for the methods: ``y = M k`` on ``device``, ESPIRiT maps (from
     ``maps_cache`` under a key of the file, slice, mask, readout and ``key``) and the target.
 
@@ -81,4 +91,4 @@ def prepare_slice(info: VolumeInfo, smask: SamplingMask, index: int, device: tor
         maps = maps_cache.get_or_compute(ckey, lambda: estimate_maps(y, smask, source=source)).maps
         if crop:
             y, maps = crop_readout(y, rows), center_crop(maps, (rows, maps.shape[-1]))
-    return SliceInput(y, mask, maps.to(device), info.header.recon_size, target, source)
+    return MeasuredSlice(SliceInput(y, mask, maps.to(device), info.header.recon_size, source), target)

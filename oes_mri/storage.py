@@ -38,14 +38,15 @@ class SliceResult(NamedTuple):
     vals: np.ndarray         # held-out losses per step (empty without a hold-out)
     steps: np.ndarray        # (fit steps run, chosen step) of a generator; () for classical methods
     lamda: np.ndarray        # the regularisation weight used, () when the method has none
+    weights: dict | None = None  # a fitted generator's state (name -> array), kept apart (save_weights)
 
 
 CHECKPOINT_KEYS = ("image", "seconds", "losses", "curve", "vals", "steps", "lamda")
 
 
-def _checksum(arrays: dict) -> str:
+def _checksum(arrays: dict, keys: tuple[str, ...] = CHECKPOINT_KEYS) -> str:
     h = hashlib.sha256()
-    for k in CHECKPOINT_KEYS:
+    for k in keys:
         a = np.ascontiguousarray(arrays[k])
         h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
         h.update(a.tobytes())
@@ -90,6 +91,33 @@ def valid_checkpoint(path: Path) -> bool:
         log.warning("%s; recomputing", err)
         path.unlink(missing_ok=True)
         return False
+
+
+def save_weights(path: Path, weights: dict[str, np.ndarray]) -> None:
+    """A fitted generator's state (what a neighbour slice warm-starts from), compressed
+    (pruned weights are zeros), atomically, with a SHA-256 of its arrays."""
+    keys = tuple(sorted(weights))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **weights, checksum=np.str_(_checksum(weights, keys)))
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_weights(path: Path) -> dict[str, np.ndarray] | None:
+    """Weights saved by :func:`save_weights`, or ``None`` (with a warning naming the file)
+    when they are missing, unreadable or altered: never used then."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        checksum = str(arrays.pop("checksum"))
+        if checksum != _checksum(arrays, tuple(sorted(arrays))) or not all(np.isfinite(a).all() for a in arrays.values()):
+            raise ValueError("checksum")
+        return arrays
+    except Exception as err:  # truncated zip, missing checksum, altered values
+        log.warning("%s: unusable warm-start weights (%s); this slice starts from the random init",
+                    path, type(err).__name__)
+        return None
 
 
 def read_json(path: Path):

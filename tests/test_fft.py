@@ -48,8 +48,8 @@ def test_pipeline_readout_crop_keeps_the_image(tiny_file, tmp_path):
     imgs = {}
     for readout in ("full", "crop"):
         cfg = RunConfig(data=tiny_file, out=tmp_path / readout, methods=["zf"], accel=1.0, readout=readout)
-        x = VolumeData(tiny_file, cfg).slice_input(0)
-        imgs[readout] = (x.kspace.shape, zero_filled_rss(x.kspace, x.recon_size).numpy(), x.target)
+        x, tgt = VolumeData(tiny_file, cfg).slice_input(0)
+        imgs[readout] = (x.kspace.shape, zero_filled_rss(x.kspace, x.recon_size).numpy(), tgt)
     (shape_full, full, target), (shape_crop, crop, _) = imgs["full"], imgs["crop"]
     assert shape_crop[-2] == x.recon_size[0] < shape_full[-2] and shape_crop[-1] == shape_full[-1]
     assert np.abs(crop - full).max() < 1e-5 * full.max()

@@ -1,7 +1,5 @@
 """The fit loop: divergence retry, batched multi-slice fitting equal to one-at-a-time."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -15,7 +13,8 @@ from oes_mri.solvers.dip import FitDiverged, split_objective
 from oes_mri.solvers.sparse_dip import DipConfig, SliceData, reconstruct_dip, reconstruct_dip_batch
 from tests.conftest import phantom_image
 
-CFG = DipConfig(arch=ArchConfig("hourglass-tiny"), density=0.2, mask_steps=5, steps=12, log_every=4)
+CFG = DipConfig(arch=ArchConfig("hourglass-tiny")).updated({"pruning.density": 0.2, "pruning.steps": 5, "fit.steps": 12,
+                                                             "fit.log_every": 4})
 
 
 def _slices(n=2):
@@ -26,7 +25,7 @@ def _slices(n=2):
     for i in range(n):
         y = k[i] * m.mask + 0.0
         maps = lowres_maps(y, m.acs)
-        out.append(SliceData(y, m.mask, maps, sim["recon"], sim["reconstruction_rss"][i], f"s{i}"))
+        out.append(SliceData(y, m.mask, maps, sim["recon"], f"s{i}"))
     return out
 
 
@@ -53,15 +52,20 @@ def float64():
 @pytest.mark.parametrize("pruning,schedule", [("dense", "constant"), ("oes", "constant"), ("dense", "cosine")])
 def test_batched_fit_equals_one_at_a_time(pruning, schedule, float64):
     xs = [float64(x) for x in _slices(3)]
-    cfg = dataclasses.replace(CFG, pruning=pruning, lr_schedule=schedule)
-    batch = reconstruct_dip_batch(xs, cfg)
+    cfg = CFG.updated({"pruning.method": pruning, "fit.lr_schedule": schedule})
+    def monitor(coil_images):
+        return {"max": float(coil_images.abs().max())}
+
+    batch = reconstruct_dip_batch(xs, cfg, monitors=[monitor] * len(xs))
     for x, b in zip(xs, batch):
-        one = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size, target=x.target)
+        one = reconstruct_dip(x, cfg, monitor=monitor)
         assert one.coil_images.dtype == b.coil_images.dtype == torch.complex128
         scale = one.coil_images.abs().max()
         assert (b.coil_images - one.coil_images).abs().max() < 1e-5 * scale
         assert np.allclose(b.history["losses"], one.history["losses"], rtol=1e-6, atol=0)
         assert [r["step"] for r in b.history["monitor"]] == [4, 8, 12]
+        assert np.allclose([r["max"] for r in b.history["monitor"]], [r["max"] for r in one.history["monitor"]],
+                           rtol=1e-5)
         if pruning == "oes":
             assert all(torch.equal(b.weight_mask.masks[n], one.weight_mask.masks[n]) for n in one.weight_mask.masks)
 
@@ -70,7 +74,7 @@ def test_batched_fit_keeps_pruned_weights_zero():
     from oes_mri.solvers.batched import fit_batched
 
     xs = _slices(2)
-    sts = [sparse_dip.setup_fit(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="random"), 0, None, "")
+    sts = [sparse_dip.setup_fit(x, CFG.updated({"pruning.method": "random"}), 0)
            for x in xs]
     fit_batched([s.gen for s in sts], [s.problem.loss for s in sts], 10, 1e-2, [s.weight_mask for s in sts])
     for s in sts:
@@ -100,8 +104,7 @@ def test_divergence_retries_at_half_the_lr(monkeypatch):
 
     monkeypatch.setattr(sparse_dip, "fit", flaky)
     x = _slices(1)[0]
-    out = reconstruct_dip(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="dense", lr=0.02),
-                          x.recon_size)
+    out = reconstruct_dip(x, CFG.updated({"pruning.method": "dense", "fit.lr": 0.02}))
     assert calls == [0.02, 0.01] and out.history["lr"] == 0.01
     assert torch.isfinite(out.coil_images).all()
 
@@ -111,7 +114,7 @@ def test_divergence_gives_up_after_retries(monkeypatch):
     monkeypatch.setattr(sparse_dip, "fit", lambda g, f, *a, **k: real_fit(g, _times(f, float("inf")), *a, **k))
     x = _slices(1)[0]
     with pytest.raises(FitDiverged):
-        reconstruct_dip(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="dense", retries=1), x.recon_size)
+        reconstruct_dip(x, CFG.updated({"pruning.method": "dense", "fit.retries": 1}))
 
 
 def test_amp_fit_runs_in_bf16_and_returns_fp32():
@@ -119,10 +122,10 @@ def test_amp_fit_runs_in_bf16_and_returns_fp32():
     from oes_mri.solvers.dip import generator_forward
 
     x = _slices(1)[0]
-    cfg = dataclasses.replace(CFG, pruning="dense", amp=True)
-    out = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
+    cfg = CFG.updated({"pruning.method": "dense", "speed.amp": True})
+    out = reconstruct_dip(x, cfg)
     assert out.coil_images.dtype == torch.complex64 and torch.isfinite(out.coil_images).all()
-    st = sparse_dip.setup_fit(x.kspace, x.mask, x.maps, cfg, 0, None, "")
+    st = sparse_dip.setup_fit(x, cfg, 0)
     seen = []
     st.gen.net.out.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     assert generator_forward(st.gen, amp=True)().dtype == torch.complex64
@@ -135,10 +138,10 @@ def test_input_jitter_is_seeded_and_returns_the_clean_output():
     from oes_mri.solvers.dip import fit
 
     x = _slices(1)[0]
-    cfg = dataclasses.replace(CFG, pruning="random")
+    cfg = CFG.updated({"pruning.method": "random"})
 
     def run(jitter, seed):
-        st = sparse_dip.setup_fit(x.kspace, x.mask, x.maps, cfg, 0, None, "")
+        st = sparse_dip.setup_fit(x, cfg, 0)
         res = fit(st.gen, st.problem.loss, 6, 1e-2, st.weight_mask, input_jitter=jitter, jitter_seed=seed)
         return st, res
 
@@ -157,10 +160,10 @@ def test_input_jitter_is_seeded_and_returns_the_clean_output():
 
 def test_input_jitter_is_fitted_one_slice_at_a_time():
     xs = _slices(2)
-    cfg = dataclasses.replace(CFG, pruning="dense", input_jitter=0.05)
+    cfg = CFG.updated({"pruning.method": "dense", "fit.input_jitter": 0.05})
     batch = reconstruct_dip_batch(xs, cfg)
     for x, b in zip(xs, batch):
-        one = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
+        one = reconstruct_dip(x, cfg)
         assert b.history["losses"] == one.history["losses"]
 
 
@@ -183,10 +186,10 @@ def test_cosine_schedule_changes_the_fit_from_the_third_step():
     from oes_mri.solvers.dip import fit
 
     x = _slices(1)[0]
-    cfg = dataclasses.replace(CFG, pruning="random")
+    cfg = CFG.updated({"pruning.method": "random"})
 
     def run(schedule):
-        st = sparse_dip.setup_fit(x.kspace, x.mask, x.maps, cfg, 0, None, "")
+        st = sparse_dip.setup_fit(x, cfg, 0)
         return fit(st.gen, st.problem.loss, 6, 1e-2, st.weight_mask, schedule=schedule).losses
 
     const, cos = run("constant"), run("cosine")
@@ -198,7 +201,7 @@ def test_cuda_graph_needs_cuda():
     from oes_mri.solvers.dip import fit
 
     x = _slices(1)[0]
-    st = sparse_dip.setup_fit(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="dense"), 0, None, "")
+    st = sparse_dip.setup_fit(x, CFG.updated({"pruning.method": "dense"}), 0)
     with pytest.raises(ValueError, match="CUDA"):
         fit(st.gen, st.problem.loss, 3, cuda_graph=True)
 
@@ -208,8 +211,8 @@ def test_cuda_graph_refuses_input_jitter():
     from oes_mri.solvers.dip import fit
 
     x = _slices(1)[0]
-    st = sparse_dip.setup_fit(x.kspace.cuda(), x.mask.cuda(), x.maps.cuda(), dataclasses.replace(CFG, pruning="dense"),
-                              0, None, "")
+    x = x._replace(kspace=x.kspace.cuda(), mask=x.mask.cuda(), maps=x.maps.cuda())
+    st = sparse_dip.setup_fit(x, CFG.updated({"pruning.method": "dense"}), 0)
     with pytest.raises(ValueError, match="input_jitter"):
         fit(st.gen, st.problem.loss, 3, cuda_graph=True, input_jitter=0.05)
 
@@ -249,17 +252,17 @@ def test_cuda_graph_equals_eager(pruning, output, schedule, exact_cuda):
     """Replaying the step as a CUDA graph gives the eager fit's losses and outputs, to rounding
     as Adam amplifies it (:data:`GRAPH_GAP`); a scheduled replay follows its own schedule."""
     xs = [x._replace(kspace=x.kspace.cuda(), mask=x.mask.cuda(), maps=x.maps.cuda()) for x in _slices(2)]
-    cfg = dataclasses.replace(CFG, pruning=pruning, output=output, steps=20, lr=1e-3, lr_schedule=schedule)
-    graph = dataclasses.replace(cfg, cuda_graph=True)
+    cfg = CFG.updated({"pruning.method": pruning, "fit.output": output, "fit.steps": 20, "fit.lr": 1e-3,
+                       "fit.lr_schedule": schedule})
+    graph = cfg.updated({"speed.cuda_graph": True})
     x = xs[0]
-    a = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size, target=x.target)
-    b = reconstruct_dip(x.kspace, x.mask, x.maps, graph, x.recon_size, target=x.target)
+    a = reconstruct_dip(x, cfg)
+    b = reconstruct_dip(x, graph)
     assert a.history["losses"][-1] < 0.1 * a.history["losses"][0]
     assert _log_gap(a.history["losses"], b.history["losses"]) < GRAPH_GAP
     assert (a.coil_images - b.coil_images).abs().max() <= GRAPH_GAP * a.coil_images.abs().max()
     if schedule != "constant":
-        c = reconstruct_dip(x.kspace, x.mask, x.maps, dataclasses.replace(cfg, lr_schedule="constant"),
-                            x.recon_size)
+        c = reconstruct_dip(x, cfg.updated({"fit.lr_schedule": "constant"}))
         assert _log_gap(b.history["losses"], c.history["losses"]) > 5 * GRAPH_GAP
     if output != "ema":                                         # batched: not with ema
         for p, q in zip(reconstruct_dip_batch(xs, cfg), reconstruct_dip_batch(xs, graph)):
@@ -272,7 +275,7 @@ def test_cuda_graph_keeps_pruned_weights_zero():
 
     x = _slices(1)[0]
     x = x._replace(kspace=x.kspace.cuda(), mask=x.mask.cuda(), maps=x.maps.cuda())
-    st = sparse_dip.setup_fit(x.kspace, x.mask, x.maps, dataclasses.replace(CFG, pruning="random"), 0, None, "")
+    st = sparse_dip.setup_fit(x, CFG.updated({"pruning.method": "random"}), 0)
     fit(st.gen, st.problem.loss, 10, 1e-2, st.weight_mask, cuda_graph=True)
     params = dict(st.gen.named_parameters())
     for n, m in st.weight_mask.masks.items():

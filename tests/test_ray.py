@@ -1,8 +1,11 @@
 """Scale-out on Ray: same outputs as the serial path, a killed worker loses nothing, no Ray -> exit 2."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -50,16 +53,32 @@ def test_ray_matches_serial(two_volumes, tmp_path, serial):
     out = tmp_path / "ray"
     assert main(["--data", str(two_volumes), "--out", str(out), "--ray", "local", "--ray-workers", "2", *ARGS]) == 0
     _assert_same(_outputs(out), serial)
-    ck = sorted(p.relative_to(out).as_posix() for p in (out / ".checkpoints").rglob("slice_*.npz"))
+    ck = sorted(p.relative_to(out).as_posix() for p in (out / ".checkpoints").rglob("slice_????.npz"))
     assert len(ck) == 2 * 3 * 3
+    warm = sorted(p.name for p in (out / ".checkpoints").rglob("*.weights.npz"))   # the chains' two ends
+    assert warm == sorted(["slice_0000.weights.npz", "slice_0002.weights.npz"] * 4)
+
+
+def _killing_once(task, marker: str):
+    """``task`` that first kills its own worker process (SIGKILL) if ``marker`` does not exist
+    yet (and creates it). A nested function: Ray pickles it by value, so the workers run it."""
+    def killing(*args):
+        if not os.path.exists(marker):
+            Path(marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return task(*args)
+    return killing
 
 
 def test_killed_worker_is_retried(two_volumes, tmp_path, serial, monkeypatch):
     """A task kills its own worker process once (marked by a file): Ray retries it, the run
     completes with every slice and the same outputs."""
     pytest.importorskip("ray")
+    from oes_mri import ray_runner
+
     marker = tmp_path / "killed"
-    monkeypatch.setenv("OES_MRI_FAULT_KILL_ONCE", str(marker))
+    for name in ("_learn_mask", "_reconstruct"):
+        monkeypatch.setattr(ray_runner, name, _killing_once(getattr(ray_runner, name), str(marker)))
     out = tmp_path / "ray"
     assert main(["--data", str(two_volumes), "--out", str(out), "--ray", "local", "--ray-workers", "2", *ARGS]) == 0
     assert marker.exists()

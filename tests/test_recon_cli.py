@@ -90,11 +90,11 @@ def test_resume_after_kill_gives_identical_outputs(two_volumes, tmp_path):
     p = _run_cli([*args, "--out", str(out)])
     ck = out / ".checkpoints" / "vol0"
     deadline = time.time() + 240
-    while time.time() < deadline and len(list(ck.glob("*/slice_*.npz"))) < 2:
+    while time.time() < deadline and len(list(ck.glob("*/slice_????.npz"))) < 2:
         time.sleep(0.05)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    done = len(list(ck.glob("*/slice_*.npz")))
+    done = len(list(ck.glob("*/slice_????.npz")))
     assert 2 <= done < 6, "killed too late to test resuming"
     assert not (out / "oes" / "vol0.h5").exists()
     assert not list(out.rglob("*.tmp"))  # nothing half-written under a final name
@@ -157,7 +157,7 @@ def test_sparse_dip_beats_zero_filled_tiny():
     from oes_mri.physics.coils import estimate_maps
     from oes_mri.physics.masks import fastmri_mask
     from oes_mri.solvers.combine import dc_rss, zero_filled_rss
-    from oes_mri.solvers.sparse_dip import DipConfig, reconstruct_dip
+    from oes_mri.solvers.sparse_dip import DipConfig, SliceData, reconstruct_dip
     from oes_mri.data.sample import sample_image
 
     sim = simulate_kspace(sample_image(64), num_coils=4, snr=30.0, seed=0)
@@ -165,15 +165,17 @@ def test_sparse_dip_beats_zero_filled_tiny():
     m = fastmri_mask(k.shape[-2:], 4, 0.16, seed=0)
     y = k * m.mask + 0.0
     maps = estimate_maps(y, m).maps
-    cfg = DipConfig(arch=ArchConfig("hourglass-tiny"), density=0.2, mask_steps=30, steps=300, seed=0, log_every=100)
-    out = reconstruct_dip(y, m.mask, maps, cfg, sim["recon"])
+    cfg = DipConfig(arch=ArchConfig("hourglass-tiny")).updated(
+        {"pruning.density": 0.2, "pruning.steps": 30, "fit.steps": 300, "fit.log_every": 100})
+    x = SliceData(y, m.mask, maps, sim["recon"])
+    out = reconstruct_dip(x, cfg)
     target = sim["reconstruction_rss"]
     dip = volume_metrics(target, dc_rss(out.coil_images, y, m.mask, sim["recon"]).numpy()[None])
     zf = volume_metrics(target, zero_filled_rss(y, sim["recon"]).numpy()[None])
     # measured (1 thread): Sparse-DIP 22.64 dB / 0.759 (ERK split; global top-k 22.69 / 0.774),
     # zero-filled 22.13 / 0.720
     assert dip.psnr > zf.psnr + 0.2 and dip.ssim > zf.ssim + 0.02, (dip, zf)
-    again = reconstruct_dip(y, m.mask, maps, cfg, sim["recon"])
+    again = reconstruct_dip(x, cfg)
     assert torch.equal(out.coil_images, again.coil_images)  # same seed, same numbers
 
 
@@ -245,12 +247,31 @@ def _dip_config(tmp_path, *args):
     return make_config(build_parser().parse_args(["--out", str(tmp_path), *args])).settings.dip
 
 
-@pytest.mark.parametrize("option,default,other,bad", [("allocation", "erk", "global", "layerwise"),
-                                                      ("lr_schedule", "constant", "cosine", "step")])
-def test_choice_options_reach_the_config(tmp_path, option, default, other, bad):
-    flag = "--" + option.replace("_", "-")
-    assert getattr(_dip_config(tmp_path), option) == default
-    assert getattr(_dip_config(tmp_path, flag, other), option) == other
+def _get(cfg, key: str):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+@pytest.mark.parametrize("flag,key,default,other,bad", [
+    ("--allocation", "pruning.allocation", "erk", "global", "layerwise"),
+    ("--lr-schedule", "fit.lr_schedule", "constant", "cosine", "step"),
+    ("--warm-start", "warm.enabled", True, None, None), ("--no-warm-start", "warm.enabled", None, False, None),
+    ("--warm-patience", "warm.patience", None, "50", "0")])
+def test_options_reach_the_config(tmp_path, flag, key, default, other, bad):
+    """Each option lands in its nested config; a refused value is named by its flag."""
+    from oes_mri.recon import InputError
+
+    if default is not None:
+        assert _get(_dip_config(tmp_path), key) == default
+    if other is not None:
+        value = _get(_dip_config(tmp_path, *([flag, other] if isinstance(other, str) else [flag])), key)
+        assert value == (int(other) if flag == "--warm-patience" else other)
+    if bad is None:
+        return
+    if flag == "--warm-patience":
+        with pytest.raises(InputError, match="--warm-patience"):
+            _dip_config(tmp_path, flag, bad)
+        return
     with pytest.raises(SystemExit):
         _dip_config(tmp_path, flag, bad)
 
@@ -258,8 +279,8 @@ def test_choice_options_reach_the_config(tmp_path, option, default, other, bad):
 def test_input_jitter_option_reaches_the_config_and_turns_cuda_graphs_off(tmp_path):
     from oes_mri.recon import InputError
 
-    assert _dip_config(tmp_path).input_jitter == 0
-    assert _dip_config(tmp_path, "--input-jitter", "0.03").input_jitter == 0.03
+    assert _dip_config(tmp_path).fit.input_jitter == 0
+    assert _dip_config(tmp_path, "--input-jitter", "0.03").fit.input_jitter == 0.03
     with pytest.raises(InputError, match="--input-jitter"):
         _dip_config(tmp_path, "--input-jitter", "-1")
     with pytest.raises(InputError, match="--cuda-graph"):

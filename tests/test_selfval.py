@@ -3,7 +3,6 @@ and that no default path uses the ground truth."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import shutil
 
@@ -26,6 +25,8 @@ from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig, reconstruct_
 from oes_mri.solvers.tuning import choose_lambda
 from tests.conftest import phantom_image
 from tests.test_fit import _slices, exact_cuda, float64  # noqa: F401 (fixtures)
+
+TINY = DipConfig(arch=ArchConfig("hourglass-tiny"))
 
 SHAPE = (64, 36)
 
@@ -117,9 +118,9 @@ def test_rule_freezes_each_slice_of_a_batch():
 def test_held_out_loss_is_the_relative_error_on_the_held_out_samples():
     """The recorded validation loss of the returned iterate equals a direct computation."""
     x = _slices(1)[0]
-    cfg = DipConfig(pruning="dense", arch=ArchConfig("hourglass-tiny"), steps=30, log_every=10,
-                    validation=ValidationConfig(share=0.2, patience=10, informative=math.inf))
-    out = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
+    cfg = TINY.updated({"pruning.method": "dense", "fit.steps": 30, "fit.log_every": 10,
+                        "validation": ValidationConfig(share=0.2, patience=10, informative=math.inf)})
+    out = reconstruct_dip(x, cfg)
     h = out.history
     split = cfg.validation.split(x.mask, tuple(x.kspace.shape[-2:]), cfg.seed)
     k = fft2c(out.coil_images) * x.mask
@@ -133,11 +134,11 @@ def test_batched_validation_curve_equals_one_at_a_time(float64):  # noqa: F811
     """Batched slices record the same held-out curves and stop at the same steps, in float64
     (rounding bound as in test_fit's float64 fixture)."""
     xs = [float64(x) for x in _slices(3)]
-    cfg = DipConfig(pruning="random", arch=ArchConfig("hourglass-tiny"), density=0.2, steps=40, log_every=4,
-                    validation=ValidationConfig(share=0.2, patience=8))
+    cfg = TINY.updated({"pruning.method": "random", "pruning.density": 0.2, "fit.steps": 40, "fit.log_every": 4,
+                        "validation": ValidationConfig(share=0.2, patience=8)})
     batch = reconstruct_dip_batch(xs, cfg)
     for x, b in zip(xs, batch):
-        one = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
+        one = reconstruct_dip(x, cfg)
         assert (b.history["steps"], b.history["best_step"], b.history["stop"]) == \
                (one.history["steps"], one.history["best_step"], one.history["stop"])
         assert np.allclose(b.history["val_losses"], one.history["val_losses"], rtol=1e-6, atol=0)
@@ -146,11 +147,10 @@ def test_batched_validation_curve_equals_one_at_a_time(float64):  # noqa: F811
 
 def test_folds_average_k_fits_on_different_splits():
     x = _slices(1)[0]
-    cfg = DipConfig(pruning="dense", arch=ArchConfig("hourglass-tiny"), steps=12, log_every=4,
-                    validation=ValidationConfig(share=0.2, patience=100, folds=2))
-    out = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
-    one = [reconstruct_dip(x.kspace, x.mask, x.maps, dataclasses.replace(cfg, validation=dataclasses.replace(
-        cfg.validation, folds=1)), x.recon_size)]
+    cfg = TINY.updated({"pruning.method": "dense", "fit.steps": 12, "fit.log_every": 4,
+                        "validation": ValidationConfig(share=0.2, patience=100, folds=2)})
+    out = reconstruct_dip(x, cfg)
+    one = [reconstruct_dip(x, cfg.updated({"validation.folds": 1}))]
     assert out.history["fold_steps"] == [12, 12] and out.history["steps"] == 24
     assert (out.coil_images - one[0].coil_images).abs().max() > 0          # fold 1 differs from fold 0
     assert torch.isfinite(out.coil_images).all()
@@ -207,10 +207,10 @@ def test_cuda_graph_records_the_eager_validation_curve(exact_cuda):  # noqa: F81
 
     x = _slices(1)[0]
     x = x._replace(kspace=x.kspace.cuda(), mask=x.mask.cuda(), maps=x.maps.cuda())
-    cfg = DipConfig(pruning="dense", arch=ArchConfig("hourglass-tiny"), steps=20, lr=1e-3, log_every=5,
-                    validation=ValidationConfig(share=0.2, patience=5, informative=math.inf))
-    a = reconstruct_dip(x.kspace, x.mask, x.maps, cfg, x.recon_size)
-    b = reconstruct_dip(x.kspace, x.mask, x.maps, dataclasses.replace(cfg, cuda_graph=True), x.recon_size)
+    cfg = TINY.updated({"pruning.method": "dense", "fit.steps": 20, "fit.lr": 1e-3, "fit.log_every": 5,
+                        "validation": ValidationConfig(share=0.2, patience=5, informative=math.inf)})
+    a = reconstruct_dip(x, cfg)
+    b = reconstruct_dip(x, cfg.updated({"speed.cuda_graph": True}))
     n = min(len(a.history["val_losses"]), len(b.history["val_losses"]))
     assert _log_gap(a.history["val_losses"][:n], b.history["val_losses"][:n]) < GRAPH_GAP
     assert len(b.history["val_losses"]) == b.history["steps"] <= 20

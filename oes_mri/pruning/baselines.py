@@ -43,7 +43,7 @@ def snip_scores(gen: nn.Module, names: list[str], loss_fn: Callable[[torch.Tenso
     return scores
 
 
-def baseline_mask(method: str, gen: nn.Module, density: float, loss_fn=None, scope: str = "conv",
+def baseline_mask(method: str, gen: nn.Module, density: float, *, loss_fn=None, scope: str = "conv",
                   min_layer_density: float = 0.0, seed: int = 0, meta: dict | None = None,
                   allocation: str = "global") -> WeightMask:
     """A random / magnitude / SNIP mask at ``density`` (checked for collapse): global top-k of
@@ -66,7 +66,7 @@ def baseline_mask(method: str, gen: nn.Module, density: float, loss_fn=None, sco
 
 
 def imp_mask(gen: nn.Module, density: float, train: Callable[[nn.Module, WeightMask | None], None],
-             rounds: int = 3, scope: str = "conv", min_layer_density: float = 0.0,
+             *, rounds: int = 3, scope: str = "conv", min_layer_density: float = 0.0,
              meta: dict | None = None) -> WeightMask:
     """Iterative magnitude pruning with rewinding to init.
 

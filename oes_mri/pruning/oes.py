@@ -176,7 +176,7 @@ def check_pruned(gen: nn.Module, mask: WeightMask) -> None:
                                   "disconnected the network")
 
 
-def oes_mask(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], density: float = 0.05,
+def oes_mask(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], density: float = 0.05, *,
              steps: int = 300, scope: str = "conv", min_layer_density: float = 0.0, tau: float = 0.2,
              kl_weight: float = 1e-9, lr: float = 1e-2, seed: int = 0,
              meta: dict | None = None, init: str = "zero", estimator: str = "relaxed",

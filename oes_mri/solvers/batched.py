@@ -46,7 +46,8 @@ def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Te
 
     Args:
         gens: B generators of one architecture and output size (their weights are updated
-            in place at the end).
+            in place at the end: each to its weights when its stopping rule fired, as a
+            one-slice fit ends there).
         loss_fns: B data terms, each a scalar or ``(fit loss, validation loss)`` (all alike).
         steps, lr, log_every, cuda_graph, schedule: as in :func:`~oes_mri.solvers.dip.fit`.
         weight_masks: B masks (``None`` entries: dense).
@@ -92,10 +93,15 @@ def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Te
         opt.step()
         return out.detach(), each.detach(), val
 
+    frozen: dict[int, dict[str, torch.Tensor]] = {}     # slice -> its weights when its rule fired
+
     def on_log(i: int, out: torch.Tensor, each: torch.Tensor) -> bool:
         values = check_finite(each, i)
         vals = record.vals[i - 1].tolist() if record.vals is not None else None
         done = stop is not None and stop(record, i, out, last=i == steps)
+        for b in range(B) if stop is not None else ():
+            if stop.stop_step[b] is not None and b not in frozen:
+                frozen[b] = {n: p[b].detach().clone() for n, p in params.items()}
         for b, mon in enumerate(monitors):
             if mon is not None:
                 logs[b].append({"step": i, "loss": values[b], **({"val": vals[b]} if vals else {}), **mon(out[b])})
@@ -107,7 +113,7 @@ def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Te
     with torch.no_grad():
         for b, g in enumerate(gens):
             for n, p in g.named_parameters():
-                p.copy_(params[n][b])
+                p.copy_(frozen[b][n] if b in frozen else params[n][b])
     n = record.steps_run()
     results = []
     for b in range(B):

@@ -176,7 +176,7 @@ def use_cuda_graph(cuda_graph: bool, device: torch.device, compile: bool = False
 
 
 def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: int, lr: float = 1e-2,
-        weight_mask: WeightMask | None = None, ema_decay: float | None = None, log_every: int = 50,
+        weight_mask: WeightMask | None = None, *, ema_decay: float | None = None, log_every: int = 50,
         monitor: Callable[[torch.Tensor], dict] | None = None,
         progress: Callable[[int, dict], None] | None = None, compile: bool = False,
         amp: bool = False, cuda_graph: bool = False, input_jitter: float = 0.0, jitter_seed: int = 0,

@@ -1,0 +1,225 @@
+"""Settings of an untrained-generator reconstruction, as nested, validated, frozen objects:
+:class:`DipConfig` holds the generator (``arch``, ``seed``) and one object per concern,
+:class:`~oes_mri.pruning.config.PruningConfig`, :class:`~oes_mri.pruning.config.OesConfig`,
+:class:`FitConfig`, :class:`ValidationConfig`, :class:`SpeedConfig` and :class:`WarmStart`.
+Every object checks its fields when built, so the API, the CLI and the benchmarks share one
+validation. Change a copy with :meth:`DipConfig.updated` (``{"fit.steps": 3000}``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import torch
+
+from oes_mri.nets.generator import ArchConfig
+from oes_mri.optim import LR_SCHEDULES
+from oes_mri.physics.holdout import SHAPES, KspaceSplit, split_mask
+from oes_mri.pruning.config import PRUNINGS, OesConfig, PruningConfig, _check
+from oes_mri.solvers.loop import ValidationStop
+
+OUTPUTS = ("best", "last", "ema")
+
+__all__ = ["DipConfig", "FitConfig", "OesConfig", "PruningConfig", "PRUNINGS", "SpeedConfig", "ValidationConfig",
+           "WarmStart", "OUTPUTS"]
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+    """The fit of the generator to the k-space (:func:`~oes_mri.solvers.dip.fit`).
+
+    Attributes:
+        steps: fitting steps (the cap when self-validation stops the fit).
+        lr: Adam learning rate; lr_schedule: "constant" or "cosine" (to 0 over ``steps``).
+        output: which iterate is returned: "best" (lowest held-out error; lowest data loss
+            without a hold-out), "last" or "ema" (average with ``ema_decay``).
+        input_jitter: std of Gaussian noise added to the fixed input at every step (DIP's
+            ``reg_noise_std``; 0 = off, the default); fitted one slice at a time.
+        retries: on divergence, retries from a fresh init at half the learning rate.
+        log_every: steps between logs, monitoring and stopping-rule checks.
+    """
+
+    steps: int = 300
+    lr: float = 1e-2
+    lr_schedule: str = "constant"
+    output: str = "best"
+    ema_decay: float = 0.99
+    input_jitter: float = 0.0
+    retries: int = 2
+    log_every: int = 25
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1 and self.log_every >= 1, "fit steps and log_every must be >= 1")
+        _check(0 < self.lr < math.inf, f"fit lr {self.lr}: must be a finite number > 0")
+        _check(self.lr_schedule in LR_SCHEDULES, f"lr schedule {self.lr_schedule!r}: one of {', '.join(LR_SCHEDULES)}")
+        _check(self.output in OUTPUTS, f"output {self.output!r}: one of {', '.join(OUTPUTS)}")
+        _check(0 <= self.ema_decay < 1, f"ema_decay {self.ema_decay}: must be in [0, 1)")
+        _check(0 <= self.input_jitter < math.inf, f"input_jitter {self.input_jitter}: must be finite and >= 0")
+        _check(self.retries >= 0, f"retries {self.retries}: must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedConfig:
+    """How the fit runs, not what it computes (up to rounding).
+
+    Attributes:
+        compile: ``torch.compile`` the generator.
+        amp: bf16 autocast for the generator (CUDA; FFT and data term in fp32).
+        cuda_graph: replay each fit step as a CUDA graph (CUDA only; not with ``compile``).
+    """
+
+    compile: bool = False
+    amp: bool = False
+    cuda_graph: bool = False
+
+    def __post_init__(self) -> None:
+        _check(not (self.compile and self.cuda_graph), "cuda_graph does not combine with compile")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValidationConfig:
+    """K-space self-validation of a fit (:mod:`oes_mri.physics.holdout`, :class:`ValidationStop`).
+
+    ``share`` of the measured non-ACS samples is held out; the generator is fitted to the rest,
+    the fit stops when the held-out error has not improved for ``patience`` steps (or at the
+    step cap), and the lowest-held-out-error iterate is returned; the final image applies data
+    consistency with every measured sample. ``share = 0`` turns it off (every sample fitted,
+    a fixed number of steps, the lowest-fit-loss iterate). Defaults measured on the shared
+    brain and the built-in sample (``docs/self_validation.md``): held-out points fail to stop
+    the fit on the sample, lines do; a held-out error never below 1 carries no information.
+
+    Attributes:
+        share: held-out fraction, in [0, 1).
+        shape: "points" or "lines" ("lines" needs a column mask; a 2-D mask gets "points").
+        patience: steps without a lower held-out error before the fit stops.
+        informative: a held-out set whose best relative error stays at or above this carries
+            no information (1 = the error of predicting zeros); the fit then uses
+            ``fallback_steps``.
+        fallback_steps: step budget when the held-out set is uninformative (``None``: the
+            step cap, i.e. the fixed budget a fit without hold-out would run).
+        folds: K fits on K different splits (seeds), their images averaged (K > 1 fits
+            them as one batch).
+        refit: after each held-out fit, fit the same initial generator (and pruning mask) to
+            every measured sample for as many steps as the hold-out chose, and return that
+            (wins back what the hold-out takes from the fit, at up to twice the steps).
+    """
+
+    share: float = 0.1
+    shape: str = "lines"
+    patience: int = 400
+    informative: float = 1.0
+    fallback_steps: int | None = None
+    folds: int = 1
+    refit: bool = False
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.share < 1.0, f"validation share must be in [0, 1), got {self.share}")
+        _check(self.shape in SHAPES, f"validation shape {self.shape!r}: expected one of {', '.join(SHAPES)}")
+        _check(self.patience >= 1 and (self.fallback_steps is None or self.fallback_steps >= 1) and self.folds >= 1,
+               "validation patience, fallback_steps and folds must be >= 1")
+        _check(self.informative > 0.0, f"validation informative threshold must be > 0, got {self.informative}")
+        _check(self.folds == 1 or self.share > 0, "validation folds > 1 need a held-out share > 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.share > 0
+
+    def split(self, mask: torch.Tensor, shape: tuple[int, int], seed: int, fold: int = 0) -> KspaceSplit:
+        """The held-out split of fold ``fold`` (seeded by ``seed`` and the fold)."""
+        kind = self.shape if mask.shape[0] == 1 else "points"
+        return split_mask(mask, shape, self.share, kind, seed=1_000_003 * fold + seed)
+
+    def rule(self, slices: int, patience: int | None = None) -> ValidationStop | None:
+        """The stopping rule for ``slices`` fits (``patience``: another window), or ``None`` when off."""
+        if not self.enabled:
+            return None
+        return ValidationStop(slices, patience or self.patience, self.informative, self.fallback_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmStart:
+    """A volume fitted as a chain of slices: the reference slice from the random init, then
+    each neighbour, outward in both directions, from the fitted weights of the slice next to it
+    (same pruning mask, same held-out lines, its own stopping rule).
+
+    Attributes:
+        enabled: chain the slices (the default); off, every slice starts from the random init.
+        patience: the held-out patience of a warm-started slice (``None``: the validation's).
+    """
+
+    enabled: bool = True
+    patience: int | None = None
+
+    def __post_init__(self) -> None:
+        _check(self.patience is None or self.patience >= 1, "warm-start patience must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class DipConfig:
+    """Settings of a (Sparse-)DIP reconstruction.
+
+    Attributes:
+        arch: generator architecture; seed: weight init, input noise, Gumbel noise and the
+            held-out split.
+        pruning: which weights are kept (:class:`PruningConfig`; ``pruning.method`` "dense" is DIP).
+        oes: OES mask learning (:class:`OesConfig`).
+        fit: the fit (:class:`FitConfig`).
+        validation: k-space self-validation (:class:`ValidationConfig`; on by default).
+        speed: compile, bf16, CUDA graphs (:class:`SpeedConfig`).
+        warm: slices chained within a volume (:class:`WarmStart`; used by the pipeline).
+    """
+
+    arch: ArchConfig = dataclasses.field(default_factory=ArchConfig)
+    seed: int = 0
+    pruning: PruningConfig = PruningConfig()
+    oes: OesConfig = OesConfig()
+    fit: FitConfig = FitConfig()
+    validation: ValidationConfig = ValidationConfig()
+    speed: SpeedConfig = SpeedConfig()
+    warm: WarmStart = WarmStart()
+
+    def __post_init__(self) -> None:
+        _check(not (self.speed.cuda_graph and self.fit.input_jitter), "cuda_graph does not combine with input_jitter")
+
+    @property
+    def batched(self) -> bool:
+        """Several fits can share one batched loop (not with an EMA output, compile, bf16 or input jitter)."""
+        return not (self.fit.output == "ema" or self.speed.compile or self.speed.amp or self.fit.input_jitter)
+
+    def updated(self, changes: Mapping[str, Any]) -> "DipConfig":
+        """A validated copy with ``changes``: keys are top-level fields (``"seed"``) or
+        ``"section.field"`` (``"fit.steps"``, ``"pruning.method"``, ``"validation.share"``).
+
+        Raises:
+            ValueError: an unknown key, or a value its section refuses.
+        """
+        top: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            section, _, name = key.rpartition(".")
+            if section:
+                nested.setdefault(section, {})[name] = value
+            else:
+                top[name] = value
+        for section, kw in nested.items():
+            obj = getattr(self, section, None)
+            if not dataclasses.is_dataclass(obj) or section == "arch":
+                raise ValueError(f"unknown settings section {section!r}")
+            unknown = set(kw) - {f.name for f in dataclasses.fields(obj)}
+            if unknown:
+                raise ValueError(f"unknown {section} setting(s): {', '.join(sorted(unknown))}")
+            top[section] = dataclasses.replace(obj, **kw)
+        unknown = set(top) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **top)
+
+    def field_type(self, key: str) -> type:
+        """The type of the setting ``key`` (as in :meth:`updated`), from its current value."""
+        section, _, name = key.rpartition(".")
+        obj = getattr(self, section) if section else self
+        if not hasattr(obj, name):
+            raise ValueError(f"unknown setting {key!r}")
+        return type(getattr(obj, name))
