@@ -120,9 +120,15 @@ def estimate_maps(kspace: torch.Tensor, mask: SamplingMask, kernel_width: int = 
                 log.warning("%s: ESPIRiT with kernel %d failed on %d calibration lines; "
                             "used kernel %d", source, kernel_width, calib, kw)
             return CoilMaps(maps, f"espirit-k{kw}")
-    log.warning("%s: ESPIRiT failed on %d calibration lines (all-zero or NaN maps); "
-                "falling back to low-resolution (RSS-normalised) sensitivity maps", source, calib)
+    log.warning("%s: ESPIRiT failed on %d calibration lines (all-zero or NaN maps); falling back to "
+                "low-resolution (RSS-normalised) sensitivity maps: %s", source, calib, LOWRES_CAVEAT)
     return CoilMaps(lowres_maps(kspace, acs), "lowres")
+
+
+LOWRES_CAVEAT = ("with so little calibration they cannot unfold aliasing, so CG-SENSE and L1 (weakly "
+                 "regularised) may fall below zero-filling; use more calibration lines (--center-fraction)")
+"""What low-resolution fallback maps cost: on a 4-coil 64x36 phantom with 3 calibration lines at
+4x, the least-squares SENSE image scored 13.2 dB (L1 15.7, TV 25.4, true maps with L1 29.0)."""
 
 
 def map_cache_key(source: str | os.PathLike, slice_index: int, mask: SamplingMask, **settings) -> str:
@@ -151,7 +157,10 @@ class MapCache:
                 with np.load(path, allow_pickle=False) as z:
                     maps = z["maps"]
                     if np.iscomplexobj(maps) and maps.ndim == 3 and np.isfinite(maps).all():
-                        return CoilMaps(torch.from_numpy(maps), str(z["method"]))
+                        method = str(z["method"])
+                        if method == "lowres":           # the caveat of the first run, again
+                            log.warning("%s: cached low-resolution fallback maps: %s", path, LOWRES_CAVEAT)
+                        return CoilMaps(torch.from_numpy(maps), method)
                 log.warning("%s: invalid map cache entry (shape, dtype or values), recomputing", path)
             except Exception as err:  # a truncated npz raises BadZipFile, EOFError, OSError, ...
                 log.warning("%s: unreadable map cache entry (%s), recomputing", path, type(err).__name__)
