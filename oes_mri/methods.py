@@ -127,8 +127,10 @@ class Method:
 
     def warm_starts(self, settings: MethodSettings, shared_mask: bool) -> bool:
         """Its slices are chained within a volume: an untrained generator with warm starts on,
-        dense or with one pruning mask for every slice (``shared_mask``)."""
-        return self.untrained and settings.dip.warm.enabled and (self.pruning == "dense" or shared_mask)
+        dense, or OES with one pruning mask for every slice (``shared_mask``: the volume's
+        mask or a given one). The pruning baselines make a mask per slice: not chained."""
+        return (self.untrained and settings.dip.warm.enabled
+                and (self.pruning == "dense" or (self.name == "oes" and shared_mask)))
 
     def run(self, x: SliceInput, settings: MethodSettings, weight_mask: WeightMask | None = None,
             progress: Callable[[int, dict], None] | None = None, score: Score | None = None,

@@ -117,3 +117,16 @@ def test_simulated_volume_changes_from_slice_to_slice():
     corr = lambda a, b: np.corrcoef(a.ravel(), b.ravel())[0, 1]  # noqa: E731
     assert all(0.7 < corr(v[i], v[i + 1]) < 0.999 for i in range(6))                  # neighbours alike, not equal
     assert corr(v[0], v[3]) < corr(v[2], v[3])                                          # distance shows
+
+
+def test_which_methods_chain():
+    """DIP always, OES with one mask for the volume, never the per-slice pruning baselines or
+    the classical methods, and nothing with --no-warm-start."""
+    from oes_mri.methods import REGISTRY, MethodSettings
+
+    on, off = MethodSettings(), MethodSettings()
+    off.dip = off.dip.updated({"warm.enabled": False})
+    assert REGISTRY["dip"].warm_starts(on, False) and REGISTRY["oes"].warm_starts(on, True)
+    assert not REGISTRY["oes"].warm_starts(on, False)
+    assert not any(REGISTRY[m].warm_starts(on, True) for m in ("random", "snip", "imp", "sense", "l1", "zf"))
+    assert not any(REGISTRY[m].warm_starts(off, True) for m in ("dip", "oes"))
