@@ -136,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit a volume's slices as a chain outward from its middle slice, each starting from "
                    "its neighbour's fitted generator and stopped by its own held-out k-space (default on; "
                    "for DIP and for Sparse-DIP with one pruning mask per volume)")
-    g.add_argument("--warm-patience", type=int, default=None,
-                   help="held-out patience of a warm-started slice (default: --patience)")
+    g.add_argument("--warm-lr", type=float, default=WarmStart.lr,
+                   help=f"learning rate of a warm-started slice (default {WarmStart.lr}; none: --lr)")
+    g.add_argument("--warm-patience", type=int, default=WarmStart.patience,
+                   help=f"held-out patience of a warm-started slice (default {WarmStart.patience}; none: --patience)")
     g.add_argument("--tune-lambda", action=argparse.BooleanOptionalAction, default=True,
                    help="choose the CG-SENSE / L1 / TV weight from a grid by held-out error (default on)")
     g = p.add_argument_group("run")
@@ -248,7 +250,8 @@ def dip_config(args: argparse.Namespace, steps: int, cuda_graph: bool):
         share=args.holdout, shape=args.holdout_shape, patience=args.patience, folds=args.holdout_folds))
     speed = build("--compile/--amp/--cuda-graph", lambda: SpeedConfig(compile=args.compile, amp=args.amp,
                                                                        cuda_graph=cuda_graph))
-    warm = build("--warm-start/--warm-patience", lambda: WarmStart(args.warm_start, args.warm_patience))
+    warm = build("--warm-start/--warm-lr/--warm-patience", lambda: WarmStart(
+        enabled=args.warm_start, lr=args.warm_lr, patience=args.warm_patience))
     return build("--cuda-graph/--input-jitter", lambda: DipConfig(
         arch=ArchConfig(args.arch), seed=args.dip_seed, pruning=pruning, oes=oes, fit=fit, validation=validation,
         speed=speed, warm=warm))

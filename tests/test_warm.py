@@ -46,12 +46,16 @@ def test_warm_start_begins_at_the_neighbours_weights_with_its_mask():
     assert all(torch.all(fitted[n][~m] == 0) for n, m in wm.masks.items())
     with pytest.raises(ValueError, match="pruning mask"):
         sparse_dip.setup_fit(x1, cfg, 0, None, init=weights)                     # a mask to learn: no warm start
+    slow = cfg.updated({"warm.lr": 1e-3, "warm.patience": 7})
+    both = sparse_dip.reconstruct_dip_batch([x0, x1], slow, wm, inits=[None, weights])
+    assert [o.history["lr"] for o in both] == [cfg.fit.lr, 1e-3]                  # warm settings for warm fits only
+    assert sparse_dip.warm_config(slow).validation.patience == 7 and sparse_dip.warm_config(cfg) == cfg
 
 
 @pytest.fixture(scope="module")
 def volume5(tmp_path_factory):
     path = tmp_path_factory.mktemp("vol5") / "vol5.h5"
-    return write_fastmri_file(path, volume_images(5, 32), num_coils=4, snr=30.0, seed=3, scale=3e-4)
+    return write_fastmri_file(path, volume_images(5, 32), num_coils=4, snr=30.0, seed=3, scale=3e-4, volume=True)
 
 
 def _recorded_chain(monkeypatch):
@@ -130,3 +134,13 @@ def test_which_methods_chain():
     assert not REGISTRY["oes"].warm_starts(on, False)
     assert not any(REGISTRY[m].warm_starts(on, True) for m in ("random", "snip", "imp", "sense", "l1", "zf"))
     assert not any(REGISTRY[m].warm_starts(off, True) for m in ("dip", "oes"))
+
+
+def test_volume_phase_changes_smoothly():
+    """Slices of a simulated volume share a phase that drifts slowly (a random phase per slice
+    would make every neighbour's generator a bad start)."""
+    from oes_mri.data.simulate import volume_phase
+
+    ph = volume_phase((32, 32), 7, np.random.default_rng(0))
+    step = np.abs(np.diff(ph, axis=0)).max()
+    assert ph.shape == (7, 32, 32) and 0 < step < 0.25 * np.abs(ph).max()

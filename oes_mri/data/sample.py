@@ -18,6 +18,7 @@ import numpy as np
 
 SAMPLE_NAME = "sample_head_8coil.h5"
 SAMPLE_VERSION = 1
+VOLUME_VERSION = 2        # 2: the phase changes smoothly through the volume (1: a random phase per slice)
 
 
 def cache_dir() -> Path:
@@ -87,14 +88,15 @@ def volume_images(slices: int, size: int = 160, extent: float = 0.6) -> np.ndarr
 
 def sample_volume_path(slices: int = 7, size: int = 160, num_coils: int = 8) -> Path:
     """A simulated multi-slice volume (:func:`volume_images`, :func:`~oes_mri.data.simulate.write_fastmri_file`,
-    SNR 30, fastMRI knee intensity scale), generated on first use and cached. ``size=320,
+    SNR 30, fastMRI knee intensity scale, a phase that changes smoothly through the volume),
+    generated on first use and cached. ``size=320,
     num_coils=15`` gives fastMRI knee geometry: 640x368 k-space with 2x readout oversampling,
     padding columns, 320x320 recon."""
     from oes_mri.data.simulate import write_fastmri_file
 
-    path = cache_dir() / f"v{SAMPLE_VERSION}" / f"sample_volume_{slices}x{size}_{num_coils}coil.h5"
+    path = cache_dir() / f"v{SAMPLE_VERSION}" / f"sample_volume{VOLUME_VERSION}_{slices}x{size}_{num_coils}coil.h5"
     if not path.exists():
         write_fastmri_file(path, volume_images(slices, size), num_coils=num_coils, snr=30.0, seed=1045,
-                           scale=3e-4, acquisition="SIM_VOLUME")
+                           scale=3e-4, acquisition="SIM_VOLUME", volume=True)
     return path
 

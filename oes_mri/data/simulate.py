@@ -67,8 +67,16 @@ def encoded_geometry(recon: tuple[int, int]) -> tuple[tuple[int, int], int, int]
     return (2 * rH, w_enc), left, left + n_pe
 
 
+def volume_phase(shape: tuple[int, int], slices: int, rng: np.random.Generator) -> np.ndarray:
+    """Phase maps ``(slices, H, W)`` that change smoothly through a volume, as in a scan (B0
+    and the coils vary slowly): one smooth map plus a smaller one times the slice position."""
+    base, drift = smooth_phase(shape, rng), smooth_phase(shape, rng, 0.3)
+    return np.stack([base + t * drift for t in np.linspace(-1, 1, slices)])
+
+
 def simulate_kspace(
-    images: np.ndarray, num_coils: int = 8, snr: float = 30.0, seed: int = 0, scale: float = 1.0
+    images: np.ndarray, num_coils: int = 8, snr: float = 30.0, seed: int = 0, scale: float = 1.0,
+    volume: bool = False,
 ) -> dict:
     """Simulate fully sampled multi-coil k-space from magnitude images.
 
@@ -78,6 +86,8 @@ def simulate_kspace(
         snr: target SNR of the RSS image (mean object signal / noise std).
         seed: seed of every random draw (phase and noise).
         scale: the intensity of the image maximum (fastMRI knee images peak near 3e-4).
+        volume: the slices are neighbours in one volume: their phase changes smoothly from
+            slice to slice (:func:`volume_phase`); otherwise each slice draws its own phase.
 
     Returns:
         dict with ``kspace`` ``[slices, C, H, W]`` complex64, ``reconstruction_rss``
@@ -93,9 +103,11 @@ def simulate_kspace(
     maps = coil_maps(num_coils, (H, W))
     top, lft = (H - rH) // 2, (W - rW) // 2
     ksp = np.zeros((S, num_coils, H, W), np.complex64)
+    phases = volume_phase((rH, rW), S, rng) if volume else None
     for s in range(S):
         x = np.zeros((H, W), np.complex128)
-        x[top:top + rH, lft:lft + rW] = images[s] * np.exp(1j * smooth_phase((rH, rW), rng))
+        phase = phases[s] if volume else smooth_phase((rH, rW), rng)
+        x[top:top + rH, lft:lft + rW] = images[s] * np.exp(1j * phase)
         obj = images[s][images[s] > 0.1 * images[s].max()].mean()
         sigma = obj / snr / np.sqrt(num_coils)
         k = fft2c(torch.from_numpy((maps * x).astype(np.complex64))).numpy()
@@ -118,13 +130,15 @@ def write_fastmri_file(
     scale: float = 1.0,
     acquisition: str = "SIMULATED",
     with_target: bool = True,
+    volume: bool = False,
 ) -> Path:
-    """Simulate (see :func:`simulate_kspace`) and write a fastMRI multicoil file atomically.
+    """Simulate (see :func:`simulate_kspace`; ``volume``: slices of one volume) and write a
+    fastMRI multicoil file atomically.
 
     Returns:
         the path written.
     """
-    sim = simulate_kspace(images, num_coils, snr, seed, scale)
+    sim = simulate_kspace(images, num_coils, snr, seed, scale, volume)
     (H, W), (rH, rW), (left, right) = sim["encoded"], sim["recon"], sim["limits"]
     header = HEADER_TEMPLATE.format(ex=H, ey=W, rx=rH, ry=rW, lmax=right - left - 1,
                                     lcen=W // 2 - left)

@@ -131,11 +131,11 @@ class ValidationConfig:
         kind = self.shape if mask.shape[0] == 1 else "points"
         return split_mask(mask, shape, self.share, kind, seed=1_000_003 * fold + seed)
 
-    def rule(self, slices: int, patience: int | None = None) -> ValidationStop | None:
-        """The stopping rule for ``slices`` fits (``patience``: another window), or ``None`` when off."""
+    def rule(self, slices: int) -> ValidationStop | None:
+        """The stopping rule for ``slices`` fits, or ``None`` when off."""
         if not self.enabled:
             return None
-        return ValidationStop(slices, patience or self.patience, self.informative, self.fallback_steps)
+        return ValidationStop(slices, self.patience, self.informative, self.fallback_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,14 +146,19 @@ class WarmStart:
 
     Attributes:
         enabled: chain the slices (the default); off, every slice starts from the random init.
+        lr: the fit's learning rate for a warm-started slice (``None``: the fit's). A fresh
+            Adam moves every weight by about ``lr`` in its first steps, whatever the gradient:
+            at the cold-start rate that undoes much of what the neighbour's fit found.
         patience: the held-out patience of a warm-started slice (``None``: the validation's).
     """
 
     enabled: bool = True
+    lr: float | None = None
     patience: int | None = None
 
     def __post_init__(self) -> None:
         _check(self.patience is None or self.patience >= 1, "warm-start patience must be >= 1")
+        _check(self.lr is None or 0 < self.lr < math.inf, f"warm-start lr {self.lr}: must be a finite number > 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -149,11 +149,15 @@ def _output(cfg: DipConfig, st: FitSetup, res: FitResult, lr: float, fit_seconds
     return DipOutput(problem.coil_images(out), image, st.weight_mask, weights, history)
 
 
-def _rule(cfg: DipConfig, slices: int, budgets: list[int] | None,
-          warm: bool = False) -> ValidationStop | StepBudget | None:
-    if budgets is not None:
-        return StepBudget(budgets)
-    return cfg.validation.rule(slices, cfg.warm.patience if warm else None)
+def _rule(cfg: DipConfig, slices: int, budgets: list[int] | None) -> ValidationStop | StepBudget | None:
+    return StepBudget(budgets) if budgets is not None else cfg.validation.rule(slices)
+
+
+def warm_config(cfg: DipConfig) -> DipConfig:
+    """The settings of a warm-started fit: the fit's learning rate and the held-out patience
+    replaced by :class:`~oes_mri.solvers.config.WarmStart`'s where it sets them."""
+    changes = {"fit.lr": cfg.warm.lr, "validation.patience": cfg.warm.patience}
+    return cfg.updated({k: v for k, v in changes.items() if v is not None})
 
 
 def _scaled(monitor: Monitor | None, problem: KspaceProblem) -> Callable[[torch.Tensor], dict] | None:
@@ -185,7 +189,7 @@ def _fit_one(job: Job, cfg: DipConfig, progress, budget: int | None = None) -> D
                       log_every=cfg.fit.log_every, monitor=_scaled(job.monitor, st.problem), progress=progress,
                       compile=cfg.speed.compile, amp=cfg.speed.amp, cuda_graph=cfg.speed.cuda_graph,
                       input_jitter=cfg.fit.input_jitter, jitter_seed=seed, schedule=cfg.fit.lr_schedule,
-                      stop=_rule(cfg, 1, None if budget is None else [budget], init is not None))
+                      stop=_rule(cfg, 1, None if budget is None else [budget]))
             return _output(cfg, st, res, lr, time.perf_counter() - t1)
         except FitDiverged as err:
             if attempt == cfg.fit.retries:
@@ -246,13 +250,24 @@ def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_ma
     inits = list(inits) if inits is not None else [None] * len(slices)
     jobs = [Job(x, f, weight_mask, mon if f == 0 else None, init)
             for x, mon, init in zip(slices, monitors, inits) for f in range(K)]
+    outs: list[DipOutput | None] = [None] * len(jobs)
+    for warm in (False, True):                    # cold and warm-started fits: their own settings
+        idx = [i for i, j in enumerate(jobs) if (j.init is not None) == warm]
+        if idx:
+            for i, o in zip(idx, _fit_group([jobs[i] for i in idx], warm_config(cfg) if warm else cfg, progress)):
+                outs[i] = o
+    return [average_folds(outs[i * K:(i + 1) * K]) for i in range(len(slices))]
+
+
+def _fit_group(jobs: list[Job], cfg: DipConfig, progress: Callable[[int, dict], None] | None) -> list[DipOutput]:
+    """Fit jobs of one setting, and refit them when ``cfg.validation.refit``."""
     outs = _fit_jobs(jobs, cfg, progress)
     if cfg.validation.enabled and cfg.validation.refit:
         held = outs
         outs = _fit_jobs([j._replace(fold=None, weight_mask=o.weight_mask) for j, o in zip(jobs, held)], cfg,
                          progress, [o.history["best_step"] for o in held])
         outs = [_refitted(o, h) for o, h in zip(outs, held)]
-    return [average_folds(outs[i * K:(i + 1) * K]) for i in range(len(slices))]
+    return outs
 
 
 def _refitted(refit: DipOutput, held: DipOutput) -> DipOutput:
@@ -267,20 +282,12 @@ def _refitted(refit: DipOutput, held: DipOutput) -> DipOutput:
 def _fit_jobs(jobs: list[Job], cfg: DipConfig, progress: Callable[[int, dict], None] | None,
               budgets: list[int] | None = None) -> list[DipOutput]:
     """Fit the jobs as one batch (or one at a time when the settings are not batched, or after
-    a divergence); ``budgets``: per job, the refit's step count. Warm-started and cold jobs
-    are fitted in separate batches when their stopping rules differ."""
+    a divergence); ``budgets``: per job, the refit's step count."""
     def one_at_a_time(js: list[Job], bs: list[int] | None) -> list[DipOutput]:
         return [_fit_one(j, cfg, progress, None if bs is None else bs[i]) for i, j in enumerate(js)]
 
     if not cfg.batched or len(jobs) == 1:
         return one_at_a_time(jobs, budgets)
-    warm = [j.init is not None for j in jobs]
-    if budgets is None and any(warm) and not all(warm) and cfg.warm.patience is not None:
-        outs: dict[int, DipOutput] = {}
-        for group in (True, False):
-            idx = [i for i, w in enumerate(warm) if w == group]
-            outs.update(zip(idx, _fit_jobs([jobs[i] for i in idx], cfg, progress)))
-        return [outs[i] for i in range(len(jobs))]
     sts = [setup_fit(j.x, cfg, _init_seed(cfg, j.weight_mask), j.weight_mask, j.fold, j.init) for j in jobs]
     t1 = time.perf_counter()
     try:
@@ -288,7 +295,7 @@ def _fit_jobs(jobs: list[Job], cfg: DipConfig, progress: Callable[[int, dict], N
                               cfg.fit.steps if budgets is None else max(budgets), cfg.fit.lr,
                               [st.weight_mask for st in sts], cfg.fit.log_every,
                               [_scaled(j.monitor, st.problem) for st, j in zip(sts, jobs)], progress,
-                              cfg.speed.cuda_graph, cfg.fit.lr_schedule, _rule(cfg, len(jobs), budgets, warm[0]))
+                              cfg.speed.cuda_graph, cfg.fit.lr_schedule, _rule(cfg, len(jobs), budgets))
     except FitDiverged as err:
         log.warning("batch %s: %s; fitting its slices one at a time", jobs[0].x.source, err)
         return one_at_a_time(jobs, budgets)
