@@ -5,8 +5,9 @@ Each configuration is a whole CLI run (:func:`oes_mri.pipeline.run`) on the simu
 multi-slice volume (:func:`oes_mri.data.sample.sample_volume_path`), so the chain, the
 hold-out rule and the outputs are exactly what a user gets. Configurations (``--configs``):
 ``independent-full`` (every slice from the random init, the oversampled readout fitted),
-``independent`` (readout oversampling removed), ``warm`` (removed, slices chained),
-``warm-pN`` (chained, a warm slice's patience N).
+``independent`` (readout oversampling removed), ``warm`` (removed, slices chained, the CLI's
+warm-start settings), ``warm-lrX-pN`` (chained, a warm slice's learning rate X and patience N;
+either part may be left out).
 
     python benchmarks/warm_start.py                      # CPU: 5 slices of 128x128, 8 coils
     python benchmarks/warm_start.py --size 320 --coils 15 --slices 35 --device cuda   # knee size
@@ -40,10 +41,15 @@ OUT = ROOT / "results" / "warm"
 
 def config(name: str, args: argparse.Namespace, data: Path) -> RunConfig:
     """The run of configuration ``name`` (see the module docstring)."""
-    warm = name.startswith("warm")
-    patience = int(name.split("-p")[1]) if "-p" in name else None
-    dip = DipConfig(seed=args.seed).updated({"fit.steps": args.steps, "warm.enabled": warm, "warm.patience": patience,
-                                             "speed.cuda_graph": args.device.startswith("cuda")})
+    parts = name.split("-")
+    changes = {"fit.steps": args.steps, "warm.enabled": parts[0] == "warm",
+               "speed.cuda_graph": args.device.startswith("cuda")}
+    for part in parts[1:]:
+        if part.startswith("lr"):
+            changes["warm.lr"] = float(part[2:])
+        elif part.startswith("p"):
+            changes["warm.patience"] = int(part[1:])
+    dip = DipConfig(seed=args.seed).updated(changes)
     return RunConfig(data=data, out=args.work / f"{name}_seed{args.seed}", methods=[args.method], accel=args.accel,
                      settings=MethodSettings(dip=dip), device=args.device, overwrite=True,
                      readout="full" if name.endswith("-full") else "crop")
@@ -107,7 +113,7 @@ def main(argv: list[str]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "rows.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    for name in args.configs.split(","):
+    for name in filter(None, args.configs.split(",")):
         key = (name, args.seed, data.name, args.accel, args.method, args.steps)
         if any((r["config"], r["seed"], r["data"], r.get("accel_nominal"), r["method"], r.get("cap")) == key
                for r in rows):

@@ -137,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "its neighbour's fitted generator and stopped by its own held-out k-space (default on; "
                    "for DIP and for Sparse-DIP with one pruning mask per volume)")
     g.add_argument("--warm-lr", type=float, default=WarmStart.lr,
-                   help=f"learning rate of a warm-started slice (default {WarmStart.lr}; none: --lr)")
+                   help=f"learning rate of a warm-started slice (default {WarmStart.lr:g}: a fresh Adam at --lr "
+                   "shakes a fitted generator)")
     g.add_argument("--warm-patience", type=int, default=WarmStart.patience,
-                   help=f"held-out patience of a warm-started slice (default {WarmStart.patience}; none: --patience)")
+                   help="held-out patience of a warm-started slice (default: --patience)")
     g.add_argument("--tune-lambda", action=argparse.BooleanOptionalAction, default=True,
                    help="choose the CG-SENSE / L1 / TV weight from a grid by held-out error (default on)")
     g = p.add_argument_group("run")

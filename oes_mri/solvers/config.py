@@ -149,11 +149,13 @@ class WarmStart:
         lr: the fit's learning rate for a warm-started slice (``None``: the fit's). A fresh
             Adam moves every weight by about ``lr`` in its first steps, whatever the gradient:
             at the cold-start rate that undoes much of what the neighbour's fit found.
+            Measured (``docs/warm_start.md``): 1e-3 gave +1.1 dB over a cold fit of the
+            slice, 1e-2 +0.03 dB.
         patience: the held-out patience of a warm-started slice (``None``: the validation's).
     """
 
     enabled: bool = True
-    lr: float | None = None
+    lr: float | None = 1e-3
     patience: int | None = None
 
     def __post_init__(self) -> None:
