@@ -6,8 +6,8 @@ multi-slice volume (:func:`oes_mri.data.sample.sample_volume_path`), so the chai
 hold-out rule and the outputs are exactly what a user gets. Configurations (``--configs``):
 ``independent-full`` (every slice from the random init, the oversampled readout fitted),
 ``independent`` (readout oversampling removed), ``warm`` (removed, slices chained, the CLI's
-warm-start settings), ``warm-lrX-pN`` (chained, a warm slice's learning rate X and patience N;
-either part may be left out).
+warm-start settings), ``warm-lrX-pN-sM`` (chained, a warm slice's learning rate X, patience N
+and step cap M; any part may be left out).
 
     python benchmarks/warm_start.py                      # CPU: 5 slices of 128x128, 8 coils
     python benchmarks/warm_start.py --size 320 --coils 15 --slices 35 --device cuda   # knee size
@@ -49,6 +49,8 @@ def config(name: str, args: argparse.Namespace, data: Path) -> RunConfig:
             changes["warm.lr"] = float(part[2:])
         elif part.startswith("p"):
             changes["warm.patience"] = int(part[1:])
+        elif part.startswith("s"):
+            changes["warm.steps"] = int(part[1:])
     dip = DipConfig(seed=args.seed).updated(changes)
     return RunConfig(data=data, out=args.work / f"{name}_seed{args.seed}", methods=[args.method], accel=args.accel,
                      settings=MethodSettings(dip=dip), device=args.device, overwrite=True,

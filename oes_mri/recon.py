@@ -140,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"learning rate of a warm-started slice (default {WarmStart.lr:g}: a fresh Adam at --lr "
                    "shakes a fitted generator)")
     g.add_argument("--warm-patience", type=int, default=WarmStart.patience,
-                   help="held-out patience of a warm-started slice (default: --patience)")
+                   help=f"held-out patience of a warm-started slice (default {WarmStart.patience})")
+    g.add_argument("--warm-steps", type=int, default=WarmStart.steps,
+                   help=f"step cap of a warm-started slice (default {WarmStart.steps}; at most --steps)")
     g.add_argument("--tune-lambda", action=argparse.BooleanOptionalAction, default=True,
                    help="choose the CG-SENSE / L1 / TV weight from a grid by held-out error (default on)")
     g = p.add_argument_group("run")
@@ -251,8 +253,8 @@ def dip_config(args: argparse.Namespace, steps: int, cuda_graph: bool):
         share=args.holdout, shape=args.holdout_shape, patience=args.patience, folds=args.holdout_folds))
     speed = build("--compile/--amp/--cuda-graph", lambda: SpeedConfig(compile=args.compile, amp=args.amp,
                                                                        cuda_graph=cuda_graph))
-    warm = build("--warm-start/--warm-lr/--warm-patience", lambda: WarmStart(
-        enabled=args.warm_start, lr=args.warm_lr, patience=args.warm_patience))
+    warm = build("--warm-start/--warm-lr/--warm-patience/--warm-steps", lambda: WarmStart(
+        enabled=args.warm_start, lr=args.warm_lr, patience=args.warm_patience, steps=args.warm_steps))
     return build("--cuda-graph/--input-jitter", lambda: DipConfig(
         arch=ArchConfig(args.arch), seed=args.dip_seed, pruning=pruning, oes=oes, fit=fit, validation=validation,
         speed=speed, warm=warm))

@@ -50,7 +50,9 @@ def test_warm_start_begins_at_the_neighbours_weights_with_its_mask():
     both = sparse_dip.reconstruct_dip_batch([x0, x1], slow, wm, inits=[None, weights])
     assert [o.history["lr"] for o in both] == [cfg.fit.lr, 1e-3]                  # warm settings for warm fits only
     assert sparse_dip.warm_config(slow).validation.patience == 7
-    assert sparse_dip.warm_config(cfg.updated({"warm.lr": None})) == cfg.updated({"warm.lr": None})
+    assert sparse_dip.warm_config(slow).fit.steps == min(slow.warm.steps, slow.fit.steps)       # never above the cap
+    plain = cfg.updated({"warm.lr": None, "warm.patience": None, "warm.steps": None})
+    assert sparse_dip.warm_config(plain) == plain                                  # nothing set: the cold settings
 
 
 @pytest.fixture(scope="module")

@@ -152,14 +152,20 @@ class WarmStart:
             Measured (``docs/warm_start.md``): 1e-3 gave +1.1 dB over a cold fit of the
             slice, 1e-2 +0.03 dB.
         patience: the held-out patience of a warm-started slice (``None``: the validation's).
+        steps: the step cap of a warm-started slice (``None``: the fit's), also its budget
+            when its held-out lines are uninformative. Patience 100 and cap 400 measured on a
+            5-slice volume: the volume's PSNR/SSIM within 0.06 dB / +0.002 of independent
+            fits at 0.44 of their steps (patience 400, no cap: +0.15 dB / +0.009 at 0.91).
     """
 
     enabled: bool = True
     lr: float | None = 1e-3
-    patience: int | None = None
+    patience: int | None = 100
+    steps: int | None = 400
 
     def __post_init__(self) -> None:
         _check(self.patience is None or self.patience >= 1, "warm-start patience must be >= 1")
+        _check(self.steps is None or self.steps >= 1, "warm-start steps must be >= 1")
         _check(self.lr is None or 0 < self.lr < math.inf, f"warm-start lr {self.lr}: must be a finite number > 0")
 
 

@@ -154,9 +154,11 @@ def _rule(cfg: DipConfig, slices: int, budgets: list[int] | None) -> ValidationS
 
 
 def warm_config(cfg: DipConfig) -> DipConfig:
-    """The settings of a warm-started fit: the fit's learning rate and the held-out patience
-    replaced by :class:`~oes_mri.solvers.config.WarmStart`'s where it sets them."""
-    changes = {"fit.lr": cfg.warm.lr, "validation.patience": cfg.warm.patience}
+    """The settings of a warm-started fit: the fit's learning rate, step cap (never above the
+    fit's) and held-out patience replaced by :class:`~oes_mri.solvers.config.WarmStart`'s
+    where it sets them."""
+    steps = None if cfg.warm.steps is None else min(cfg.warm.steps, cfg.fit.steps)
+    changes = {"fit.lr": cfg.warm.lr, "validation.patience": cfg.warm.patience, "fit.steps": steps}
     return cfg.updated({k: v for k, v in changes.items() if v is not None})
 
 
