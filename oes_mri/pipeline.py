@@ -78,15 +78,16 @@ class RunConfig:
         return json.loads(json.dumps(fp, default=str))
 
 
-def slice_result(method: str, index: int, source: str, res: MethodResult, seconds: float) -> SliceResult:
+def slice_result(method: str, index: int, source: str, res: MethodResult, seconds: float,
+                 keep_weights: bool = False) -> SliceResult:
     """What is kept of a method's result on one slice: the final image, curves, steps, lambda
-    and (untrained generators) the fitted weights, on the host."""
+    and, with ``keep_weights`` (a chained method), the fitted weights, on the host."""
     if not np.isfinite(res.image).all():
         raise RuntimeError(f"{source}: {method} produced a non-finite image; not written")
     h = res.history
     mon = h.get("monitor", [])
     steps = np.asarray([h["steps"], h["best_step"]] if "steps" in h else [], np.int64)
-    weights = None if res.weights is None else {n: t.cpu().numpy() for n, t in res.weights.items()}
+    weights = {n: t.cpu().numpy() for n, t in res.weights.items()} if keep_weights and res.weights else None
     return SliceResult(method, index, res.image, float(seconds), np.asarray(h.get("losses", []), np.float32),
                        np.asarray([[r["step"], r["psnr"], r["ssim"]] for r in mon if "psnr" in r], np.float64),
                        np.asarray(h.get("val_losses", []), np.float32), steps,
@@ -158,7 +159,8 @@ class VolumeData:
         res = run_method("oes", ms.x, self.cfg.settings, None,
                          progress.fit(f"{self.info.path.name} slice {ref} oes", self.cfg.settings.dip.fit.steps),
                          scorer(ms.target))
-        return res.weight_mask, slice_result("oes", ref, ms.x.source, res, time.perf_counter() - t)
+        return res.weight_mask, slice_result("oes", ref, ms.x.source, res, time.perf_counter() - t,
+                                             self.chained("oes"))
 
     def chained(self, method: str) -> bool:
         """``method``'s slices warm-start each other (:mod:`oes_mri.chain`): an untrained
@@ -187,7 +189,10 @@ class VolumeData:
 
     def _chain(self, method: str, todo: list[int], weight_mask: WeightMask | None, progress: Progress,
                fitted: dict[int, dict[str, np.ndarray]]) -> Iterator[list[SliceResult]]:
-        """One method's chain over ``todo``, ``fitted``: the weights of the slices done so far."""
+        """One method's chain over ``todo``; ``fitted``: the weights of the slices done so far
+        (only those a slice still to fit starts from are kept)."""
+        left = set(todo)
+        kids = chain.children(self.indices, self.reference_slice)
         for wave in chain.waves(self.indices, self.reference_slice, todo, self.cfg.batch_slices):
             inits = []
             for link in wave:
@@ -198,6 +203,8 @@ class VolumeData:
             idx = [link.index for link in wave]
             results = self._run(method, idx, {i: self.slice_input(i) for i in idx}, weight_mask, progress, inits)
             fitted.update((r.index, r.weights) for r in results)
+            left -= set(idx)
+            fitted = {i: w for i, w in fitted.items() if left.intersection(kids[i])}
             yield results
 
     def _run(self, method: str, idx: list[int], inputs: dict[int, MeasuredSlice], weight_mask: WeightMask | None,
@@ -209,7 +216,8 @@ class VolumeData:
         results = run_batch(method, [inputs[i].x for i in idx], self.cfg.settings, weight_mask, fit_progress,
                             [scorer(inputs[i].target) for i in idx], inits)
         seconds = (time.perf_counter() - t) / len(idx)
-        return [slice_result(method, i, inputs[i].x.source, r, seconds) for i, r in zip(idx, results)]
+        keep = self.chained(method)
+        return [slice_result(method, i, inputs[i].x.source, r, seconds, keep) for i, r in zip(idx, results)]
 
 
 class VolumeRun(VolumeData):
@@ -273,11 +281,10 @@ class VolumeRun(VolumeData):
         path = self.checkpoint(r.method, r.index)
         if path.exists():
             return
-        chained = r.weights is not None and self.chained(r.method)
-        if chained:
+        if r.weights is not None:                               # a chained method's slice
             save_weights(self.weights_path(r.method, r.index), r.weights)
         save_checkpoint(path, r)
-        if chained:
+        if r.weights is not None:
             kids = chain.children(self.indices, self.reference_slice)
             for p in (r.index, chain.parents(self.indices, self.reference_slice)[r.index]):
                 if p is not None and kids[p] and all(self.checkpoint(r.method, k).exists() for k in kids[p]):

@@ -19,7 +19,8 @@ from oes_mri.pruning.weightmask import SCOPES, WeightMask
 PRUNINGS = ("oes", "dense", "random", "magnitude", "snip", "imp")
 
 
-def _check(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
+    """Raise ``ValueError(message)`` unless ``ok``: the check of every settings object."""
     if not ok:
         raise ValueError(message)
 
@@ -50,12 +51,12 @@ class PruningConfig:
     imp_rounds: int = 3
 
     def __post_init__(self) -> None:
-        _check(self.method in PRUNINGS, f"unknown pruning {self.method!r}; one of {', '.join(PRUNINGS)}")
-        _check(0 < self.density <= 1, f"pruning density {self.density}: must be in (0, 1]")
-        _check(self.steps >= 1 and self.imp_rounds >= 1, "pruning steps and imp_rounds must be >= 1")
-        _check(self.scope in SCOPES, f"pruning scope {self.scope!r}: one of {', '.join(SCOPES)}")
-        _check(0 <= self.min_layer_density <= 1, f"min_layer_density {self.min_layer_density}: must be in [0, 1]")
-        _check(self.allocation in ALLOCATIONS, f"allocation {self.allocation!r}: one of {', '.join(ALLOCATIONS)}")
+        require(self.method in PRUNINGS, f"unknown pruning {self.method!r}; one of {', '.join(PRUNINGS)}")
+        require(0 < self.density <= 1, f"pruning density {self.density}: must be in (0, 1]")
+        require(self.steps >= 1 and self.imp_rounds >= 1, "pruning steps and imp_rounds must be >= 1")
+        require(self.scope in SCOPES, f"pruning scope {self.scope!r}: one of {', '.join(SCOPES)}")
+        require(0 <= self.min_layer_density <= 1, f"min_layer_density {self.min_layer_density}: must be in [0, 1]")
+        require(self.allocation in ALLOCATIONS, f"allocation {self.allocation!r}: one of {', '.join(ALLOCATIONS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +79,10 @@ class OesConfig:
     estimator: str = "relaxed"
 
     def __post_init__(self) -> None:
-        _check(0 < self.lr < math.inf and 0 < self.tau < math.inf, "OES lr and tau must be finite and > 0")
-        _check(0 <= self.kl_weight < math.inf, f"OES kl_weight {self.kl_weight}: must be finite and >= 0")
-        _check(self.init in LOGIT_INITS, f"OES init {self.init!r}: one of {', '.join(LOGIT_INITS)}")
-        _check(self.estimator in ESTIMATORS, f"OES estimator {self.estimator!r}: one of {', '.join(ESTIMATORS)}")
+        require(0 < self.lr < math.inf and 0 < self.tau < math.inf, "OES lr and tau must be finite and > 0")
+        require(0 <= self.kl_weight < math.inf, f"OES kl_weight {self.kl_weight}: must be finite and >= 0")
+        require(self.init in LOGIT_INITS, f"OES init {self.init!r}: one of {', '.join(LOGIT_INITS)}")
+        require(self.estimator in ESTIMATORS, f"OES estimator {self.estimator!r}: one of {', '.join(ESTIMATORS)}")
 
 
 def make_mask(pruning: PruningConfig, oes: OesConfig, gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor],

@@ -17,7 +17,7 @@ import torch
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.optim import LR_SCHEDULES
 from oes_mri.physics.holdout import SHAPES, KspaceSplit, split_mask
-from oes_mri.pruning.config import PRUNINGS, OesConfig, PruningConfig, _check
+from oes_mri.pruning.config import PRUNINGS, OesConfig, PruningConfig, require
 from oes_mri.solvers.loop import ValidationStop
 
 OUTPUTS = ("best", "last", "ema")
@@ -51,13 +51,13 @@ class FitConfig:
     log_every: int = 25
 
     def __post_init__(self) -> None:
-        _check(self.steps >= 1 and self.log_every >= 1, "fit steps and log_every must be >= 1")
-        _check(0 < self.lr < math.inf, f"fit lr {self.lr}: must be a finite number > 0")
-        _check(self.lr_schedule in LR_SCHEDULES, f"lr schedule {self.lr_schedule!r}: one of {', '.join(LR_SCHEDULES)}")
-        _check(self.output in OUTPUTS, f"output {self.output!r}: one of {', '.join(OUTPUTS)}")
-        _check(0 <= self.ema_decay < 1, f"ema_decay {self.ema_decay}: must be in [0, 1)")
-        _check(0 <= self.input_jitter < math.inf, f"input_jitter {self.input_jitter}: must be finite and >= 0")
-        _check(self.retries >= 0, f"retries {self.retries}: must be >= 0")
+        require(self.steps >= 1 and self.log_every >= 1, "fit steps and log_every must be >= 1")
+        require(0 < self.lr < math.inf, f"fit lr {self.lr}: must be a finite number > 0")
+        require(self.lr_schedule in LR_SCHEDULES, f"lr schedule {self.lr_schedule!r}: one of {', '.join(LR_SCHEDULES)}")
+        require(self.output in OUTPUTS, f"output {self.output!r}: one of {', '.join(OUTPUTS)}")
+        require(0 <= self.ema_decay < 1, f"ema_decay {self.ema_decay}: must be in [0, 1)")
+        require(0 <= self.input_jitter < math.inf, f"input_jitter {self.input_jitter}: must be finite and >= 0")
+        require(self.retries >= 0, f"retries {self.retries}: must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +75,7 @@ class SpeedConfig:
     cuda_graph: bool = False
 
     def __post_init__(self) -> None:
-        _check(not (self.compile and self.cuda_graph), "cuda_graph does not combine with compile")
+        require(not (self.compile and self.cuda_graph), "cuda_graph does not combine with compile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,12 +115,12 @@ class ValidationConfig:
     refit: bool = False
 
     def __post_init__(self) -> None:
-        _check(0.0 <= self.share < 1.0, f"validation share must be in [0, 1), got {self.share}")
-        _check(self.shape in SHAPES, f"validation shape {self.shape!r}: expected one of {', '.join(SHAPES)}")
-        _check(self.patience >= 1 and (self.fallback_steps is None or self.fallback_steps >= 1) and self.folds >= 1,
+        require(0.0 <= self.share < 1.0, f"validation share must be in [0, 1), got {self.share}")
+        require(self.shape in SHAPES, f"validation shape {self.shape!r}: expected one of {', '.join(SHAPES)}")
+        require(self.patience >= 1 and (self.fallback_steps is None or self.fallback_steps >= 1) and self.folds >= 1,
                "validation patience, fallback_steps and folds must be >= 1")
-        _check(self.informative > 0.0, f"validation informative threshold must be > 0, got {self.informative}")
-        _check(self.folds == 1 or self.share > 0, "validation folds > 1 need a held-out share > 0")
+        require(self.informative > 0.0, f"validation informative threshold must be > 0, got {self.informative}")
+        require(self.folds == 1 or self.share > 0, "validation folds > 1 need a held-out share > 0")
 
     @property
     def enabled(self) -> bool:
@@ -164,9 +164,9 @@ class WarmStart:
     steps: int | None = 400
 
     def __post_init__(self) -> None:
-        _check(self.patience is None or self.patience >= 1, "warm-start patience must be >= 1")
-        _check(self.steps is None or self.steps >= 1, "warm-start steps must be >= 1")
-        _check(self.lr is None or 0 < self.lr < math.inf, f"warm-start lr {self.lr}: must be a finite number > 0")
+        require(self.patience is None or self.patience >= 1, "warm-start patience must be >= 1")
+        require(self.steps is None or self.steps >= 1, "warm-start steps must be >= 1")
+        require(self.lr is None or 0 < self.lr < math.inf, f"warm-start lr {self.lr}: must be a finite number > 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +194,7 @@ class DipConfig:
     warm: WarmStart = WarmStart()
 
     def __post_init__(self) -> None:
-        _check(not (self.speed.cuda_graph and self.fit.input_jitter), "cuda_graph does not combine with input_jitter")
+        require(not (self.speed.cuda_graph and self.fit.input_jitter), "cuda_graph does not combine with input_jitter")
 
     @property
     def batched(self) -> bool:

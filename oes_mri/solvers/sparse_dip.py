@@ -145,7 +145,7 @@ def _output(cfg: DipConfig, st: FitSetup, res: FitResult, lr: float, fit_seconds
                "fit_seconds": fit_seconds, "scale": problem.scale, "val_losses": res.val_losses,
                "best_step": res.best_step, "steps": res.steps, "stop": res.stop}
     image = out[0] / problem.scale if isinstance(problem.op, SenseOp) else None
-    weights = {n: p.detach().clone() for n, p in st.gen.named_parameters()}
+    weights = {n: p.detach() for n, p in st.gen.named_parameters()}      # the generator is not used again
     return DipOutput(problem.coil_images(out), image, st.weight_mask, weights, history)
 
 
