@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import platform
 import sys
 import time
@@ -50,14 +51,29 @@ def parse_validation(spec: str) -> dict:
     return out
 
 
+def parse_settings(spec: str) -> dict:
+    """``"fit.penalty=0.002,fit.lr=0.005"`` -> :meth:`DipConfig.updated` changes (typed by the field)."""
+    out = {}
+    for item in filter(None, spec.split(",")):
+        k, _, v = item.partition("=")
+        kind = DipConfig().field_type(k)
+        out[k] = v == "True" if kind is bool else kind(v)
+    return out
+
+
 def run_generator(rows: Rows, part: str, case: Case, method: str, seed: int, steps: int,
-                  validation: ValidationConfig, label: str, log_every: int) -> dict:
-    """One untrained-generator fit (or reuse its row): output, chosen step, curves."""
-    key = f"{part}|{case.name}|{case.accel_nominal}|{method}|seed={seed}|{label}"
+                  validation: ValidationConfig, label: str, log_every: int, settings: str = "") -> dict:
+    """One untrained-generator fit (or reuse its row): output, chosen step, curves; ``settings``:
+    further :meth:`DipConfig.updated` changes (``"fit.penalty=0.002"``), part of the row's label.
+    The key ends with a hash of the full settings (defaults included): a row is reused only for
+    the settings it was made with."""
+    label = f"{label}|{settings}" if settings else label
+    s = MethodSettings(dip=DipConfig(seed=seed, validation=validation).updated(
+        {"fit.steps": steps, "fit.log_every": log_every, **parse_settings(settings)}))
+    digest = hashlib.sha1(repr(s.dip).encode()).hexdigest()[:12]
+    key = f"{part}|{case.name}|{case.accel_nominal}|{method}|seed={seed}|{label}|cfg={digest}"
     if rows.get(key):
         return rows.get(key)
-    s = MethodSettings(dip=DipConfig(seed=seed, validation=validation).updated(
-        {"fit.steps": steps, "fit.log_every": log_every}))
     t = time.perf_counter()
     res = run_method(method, case.x, s, score=curve_score(case))
     seconds = time.perf_counter() - t
@@ -145,7 +161,9 @@ def report(rows: Rows, out: Path, patiences: list[int]) -> None:
                   "Fits to the step cap with the held-out loss recorded at every step; the rule replayed for "
                   f"each patience, with the default informative threshold ({ValidationConfig.informative:g}) and "
                   "the cap as the fallback budget (PSNR/SSIM of the chosen step read at the nearest logged "
-                  "step). gap = oracle peak of the same run - chosen.", "",
+                  "step). gap = oracle peak of the same run - chosen. Rows without `fit.penalty` in their "
+                  "hold-out label were made without the hybrid prior (penalty 0, the default until it became 2e-3).",
+                  "",
                   "| data | accel | method | seed | hold-out | patience | chosen step | stop step | PSNR | SSIM "
                   "| peak PSNR (step) | peak SSIM (step) | gap dB | gap SSIM |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -198,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--steps", type=int, default=3000, help="the step cap")
     ap.add_argument("--validation", default="share=0.1,shape=points", help="ValidationConfig fields, k=v,...")
+    ap.add_argument("--set", default="", help="further generator settings, section.field=v,... "
+                    "(fit.penalty=0.002)")
     ap.add_argument("--patiences", type=int, nargs="+", default=[200, 400, 800])
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--out", type=Path, default=OUT)
@@ -220,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
                         run_classical(rows, case, m, validation, label)
                         continue
                     for seed in args.seeds:
-                        run_generator(rows, args.part, case, m, seed, args.steps, validation, label, args.log_every)
+                        run_generator(rows, args.part, case, m, seed, args.steps, validation, label, args.log_every,
+                                      args.set)
         rows = Rows(args.out / f"quality_rows.{args.part}.jsonl")
     report(rows, args.out, args.patiences)
 

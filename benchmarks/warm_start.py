@@ -12,13 +12,16 @@ and step cap M; any part may be left out).
     python benchmarks/warm_start.py                      # CPU: 5 slices of 128x128, 8 coils
     python benchmarks/warm_start.py --size 320 --coils 15 --slices 35 --device cuda   # knee size
 
-Rows go to ``benchmarks/results/warm/rows.jsonl`` (a rerun reuses finished configurations),
-the table to ``benchmarks/results/warm/warm.md``.
+Rows go to ``benchmarks/results/warm/rows.jsonl`` (a rerun reuses finished configurations
+made with the same settings: each row carries a fingerprint of its full ``DipConfig``, so a
+changed default measures again), the tables (rows of the current settings) to
+``benchmarks/results/warm/warm_*.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import sys
@@ -57,6 +60,11 @@ def config(name: str, args: argparse.Namespace, data: Path) -> RunConfig:
                      readout="full" if name.endswith("-full") else "crop")
 
 
+def fingerprint(cfg: RunConfig) -> str:
+    """A short hash of the run's full generator settings (defaults included)."""
+    return hashlib.sha1(repr(cfg.settings.dip).encode()).hexdigest()[:12]
+
+
 def measure(name: str, args: argparse.Namespace, data: Path) -> dict:
     cfg = config(name, args, data)
     t = time.perf_counter()
@@ -70,7 +78,8 @@ def measure(name: str, args: argparse.Namespace, data: Path) -> dict:
     row = {"config": name, "seed": args.seed, "data": data.name, "accel": rec["acceleration"], "method": args.method,
            "psnr": rec["psnr"], "ssim": rec["ssim"], "steps": rec["steps"], "total_steps": sum(rec["steps"]),
            "fit_seconds": rec["seconds"], "wall_seconds": round(wall, 1), "slice_psnr": [p for p, _ in per],
-           "slice_ssim": [s for _, s in per], "device": args.device, "threads": torch.get_num_threads()}
+           "slice_ssim": [s for _, s in per], "device": args.device, "threads": torch.get_num_threads(),
+           "settings": fingerprint(cfg)}
     print(f"  {name}: {row['psnr']:.2f} / {row['ssim']:.4f}, {row['total_steps']} steps {row['steps']}, "
           f"{row['fit_seconds']:.0f} s fitting", flush=True)
     return row
@@ -116,14 +125,16 @@ def main(argv: list[str]) -> None:
     path = args.out / "rows.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     for name in filter(None, args.configs.split(",")):
-        key = (name, args.seed, data.name, args.accel, args.method, args.steps)
-        if any((r["config"], r["seed"], r["data"], r.get("accel_nominal"), r["method"], r.get("cap")) == key
-               for r in rows):
+        key = (name, args.seed, data.name, args.accel, args.method, args.steps, fingerprint(config(name, args, data)))
+        if any((r["config"], r["seed"], r["data"], r.get("accel_nominal"), r["method"], r.get("cap"),
+                r.get("settings")) == key for r in rows):
             continue
         row = {**measure(name, args, data), "accel_nominal": args.accel, "cap": args.steps}
         rows.append(row)
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
+    current = {fingerprint(config(n, args, data)) for n in filter(None, args.configs.split(","))}
+    rows = [r for r in rows if r.get("settings") in current]       # older settings: kept in rows.jsonl only
     for case in sorted({(r["data"], r["accel_nominal"], r["method"], r["cap"], r["device"]) for r in rows}):
         mine = [r for r in rows if (r["data"], r["accel_nominal"], r["method"], r["cap"], r["device"]) == case]
         md = [f"# Warm-started slices against independent fits: {case[0]}", "",

@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input-jitter", type=float, default=0.0,
                    help="std of noise added to the generator input at every fit step (DIP's reg_noise_std, "
                    "e.g. 0.033; default 0 = off; fits eagerly, without CUDA graphs)")
+    g.add_argument("--dip-penalty", type=float, default=FitConfig.penalty, metavar="LAMBDA",
+                   help="hybrid prior: a wavelet L1 penalty on the generator's image, weight in --l1-lambda's "
+                   "units (default %(default)g; 0 = off)")
     g.add_argument("--compile", action="store_true", help="torch.compile the generator (see benchmarks/speed.py)")
     g.add_argument("--amp", action="store_true",
                    help="bf16 autocast for the generator, FFTs and data term in fp32 (for CUDA)")
@@ -140,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"learning rate of a warm-started slice (default {WarmStart.lr:g}: a fresh Adam at --lr "
                    "shakes a fitted generator)")
     g.add_argument("--warm-patience", type=int, default=WarmStart.patience,
-                   help=f"held-out patience of a warm-started slice (default {WarmStart.patience})")
+                   help="held-out patience of a warm-started slice (default: --patience)")
     g.add_argument("--warm-steps", type=int, default=WarmStart.steps,
                    help=f"step cap of a warm-started slice (default {WarmStart.steps}; at most --steps)")
     g.add_argument("--tune-lambda", action=argparse.BooleanOptionalAction, default=True,
@@ -246,9 +249,9 @@ def dip_config(args: argparse.Namespace, steps: int, cuda_graph: bool):
         density=args.density, allocation=args.allocation,
         **({"steps": args.mask_steps} if args.mask_steps is not None else {})))
     oes = build("--oes-init/--oes-estimator", lambda: OesConfig(init=args.oes_init, estimator=args.oes_estimator))
-    fit = build("--steps/--lr/--lr-schedule/--output-iterate/--input-jitter", lambda: FitConfig(
+    fit = build("--steps/--lr/--lr-schedule/--output-iterate/--input-jitter/--dip-penalty", lambda: FitConfig(
         steps=steps, lr=args.lr, lr_schedule=args.lr_schedule, output=args.output_iterate,
-        input_jitter=args.input_jitter))
+        input_jitter=args.input_jitter, penalty=args.dip_penalty))
     validation = build("--holdout/--holdout-shape/--patience/--holdout-folds", lambda: ValidationConfig(
         share=args.holdout, shape=args.holdout_shape, patience=args.patience, folds=args.holdout_folds))
     speed = build("--compile/--amp/--cuda-graph", lambda: SpeedConfig(compile=args.compile, amp=args.amp,

@@ -256,8 +256,8 @@ def _get(cfg, key: str):
     ("--allocation", "pruning.allocation", "erk", "global", "layerwise"),
     ("--lr-schedule", "fit.lr_schedule", "constant", "cosine", "step"),
     ("--warm-start", "warm.enabled", True, None, None), ("--no-warm-start", "warm.enabled", None, False, None),
-    ("--warm-patience", "warm.patience", 100, "50", "0"), ("--warm-steps", "warm.steps", 400, "300", "0"),
-    ("--warm-lr", "warm.lr", 1e-3, "0.01", "0")])
+    ("--warm-patience", "warm.patience", None, "50", "0"), ("--warm-steps", "warm.steps", 400, "300", "0"),
+    ("--warm-lr", "warm.lr", 1e-3, "0.01", "0"), ("--dip-penalty", "fit.penalty", 2e-3, "0", "-1")])
 def test_options_reach_the_config(tmp_path, flag, key, default, other, bad):
     """Each option lands in its nested config; a refused value is named by its flag."""
     from oes_mri.recon import InputError
@@ -266,11 +266,12 @@ def test_options_reach_the_config(tmp_path, flag, key, default, other, bad):
         assert _get(_dip_config(tmp_path), key) == default
     if other is not None:
         value = _get(_dip_config(tmp_path, *([flag, other] if isinstance(other, str) else [flag])), key)
-        assert value == {"--warm-patience": int, "--warm-steps": int, "--warm-lr": float}.get(flag, str)(other) \
+        assert value == {"--warm-patience": int, "--warm-steps": int, "--warm-lr": float,
+                         "--dip-penalty": float}.get(flag, str)(other) \
             if isinstance(other, str) else value == other
     if bad is None:
         return
-    if flag.startswith("--warm-"):
+    if flag.startswith("--warm-") or flag == "--dip-penalty":
         with pytest.raises(InputError, match=flag):
             _dip_config(tmp_path, flag, bad)
         return

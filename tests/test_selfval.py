@@ -102,6 +102,20 @@ def test_rule_falls_back_when_the_held_out_set_is_uninformative():
     assert (stopped, rule.reason[0], int(rec.best_step), float(rec.best[0, 0, 0])) == (400, "fallback", 400, 400.0)
 
 
+def test_default_rule_does_not_stop_at_a_shallow_early_dip():
+    """The measured failure of a threshold at 1: the held-out error dips to 0.993 at step 250
+    (blurred early iterates), rises for 600 steps, then falls to its true minimum at 2500.
+    The default threshold (0.99) waits for it; a threshold of 1 stops at the dip."""
+    t = np.arange(1, 3001)
+    vals = np.where(t < 800, 1.0 + 7e-3 * ((t - 250) / 250.0) ** 2 - 7e-3, 1.027 - 0.13 * np.sin(np.pi * (t - 800) / 3400))
+    default = ValidationStop(1, patience=ValidationConfig().patience, informative=ValidationConfig().informative)
+    rec, stopped = _replay(vals.tolist(), default, log_every=25)
+    assert default.reason == ["patience"] and int(rec.best_step) == 2500 and stopped == 2900
+    old = ValidationStop(1, patience=ValidationConfig().patience, informative=1.0)
+    rec, stopped = _replay(vals.tolist(), old, log_every=25)
+    assert old.reason == ["patience"] and int(rec.best_step) == 250 and stopped == 650
+
+
 def test_rule_freezes_each_slice_of_a_batch():
     """Per slice: a stopped slice keeps its iterate while the others go on."""
     rec, rule = Record(100), ValidationStop(2, patience=20)

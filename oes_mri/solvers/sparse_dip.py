@@ -28,6 +28,7 @@ from oes_mri.solvers.batched import fit_batched
 from oes_mri.solvers.config import DipConfig, ValidationConfig
 from oes_mri.solvers.dip import FitDiverged, FitResult, KspaceProblem, fit, make_problem
 from oes_mri.solvers.loop import StepBudget, ValidationStop
+from oes_mri.solvers.penalty import penalised, penalty_weight
 
 Weights = dict[str, torch.Tensor]
 """A generator's parameters by name (not its buffers: the fixed input comes from the seed, and
@@ -87,11 +88,15 @@ class FitSetup(NamedTuple):
     """OES mask-learning losses (empty when no mask was learned)"""
     mask_seconds: float
     """seconds to build the generator, the problem and the mask"""
+    penalty: float = 0.0
+    """``mu``, the weight of the hybrid prior's ``||W G(z)||_1`` in the fit loss (0: none)"""
 
     @property
     def loss_fn(self) -> Callable[[torch.Tensor], torch.Tensor | tuple]:
-        """What the fit minimises: the data term, with the held-out error when there is a hold-out."""
-        return self.problem.objective if self.problem.val_mask is not None else self.problem.loss
+        """What the fit minimises: the data term (with the held-out error when there is a
+        hold-out), plus the wavelet penalty when ``penalty`` > 0."""
+        data = self.problem.objective if self.problem.val_mask is not None else self.problem.loss
+        return penalised(data, self.penalty) if self.penalty > 0 else data
 
 
 def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask | None = None,
@@ -127,7 +132,18 @@ def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask |
         def train(g: nn.Module, m: WeightMask | None) -> None:      # IMP's rounds
             fit(g, problem.loss, cfg.pruning.steps, cfg.fit.lr, m, log_every=cfg.pruning.steps)
         wm, mask_losses = make_mask(cfg.pruning, cfg.oes, gen, problem.loss, train, cfg.seed, meta)
-    return FitSetup(gen, problem, wm, mask_losses, time.perf_counter() - t0)
+    return FitSetup(gen, problem, wm, mask_losses, time.perf_counter() - t0, _penalty(problem, cfg.fit.penalty))
+
+
+def _penalty(problem: KspaceProblem, lamda: float) -> float:
+    """``mu`` of :func:`~oes_mri.solvers.penalty.penalty_weight` for the hybrid prior's weight
+    ``lamda`` (the L1-wavelet baseline's units), from the fit set's data."""
+    if lamda <= 0:
+        return 0.0
+    with torch.no_grad():
+        fit_y = problem.y if problem.fit_mask is None else problem.y * problem.fit_mask
+        adjoint_max = float(problem.op.adjoint(fit_y).abs().max())
+    return penalty_weight(lamda, adjoint_max, float(problem.y_norm2))
 
 
 def _init_seed(cfg: DipConfig, weight_mask: WeightMask | None) -> int:
