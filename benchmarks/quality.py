@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import platform
@@ -67,6 +68,12 @@ def ablation(variant: str) -> dict:
         raise SystemExit(f"--ablations/--set: {variant!r} is not section.field=value for a DipConfig "
                          "number/string/bool setting (e.g. fit.lr=0.03)")
     return {name: value == "True" if kind is bool else kind(value)}
+
+
+def settings_digest(dip: DipConfig) -> str:
+    """A short hash of a generator's full settings (defaults included): benchmark rows made
+    with other settings are never reused."""
+    return hashlib.sha1(repr(dip).encode()).hexdigest()[:12]
 
 
 @dataclasses.dataclass

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import platform
 import sys
 import time
@@ -28,7 +27,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import Case, Rows, curve_score, default_files, prepare, score  # noqa: E402
+from quality import (Case, Rows, ablation, curve_score, default_files, prepare, score,  # noqa: E402
+                     settings_digest)
 
 from oes_mri.atomic import atomic_write_bytes  # noqa: E402
 from oes_mri.methods import LAMBDA_FACTORS, REGISTRY, MethodSettings, run_method  # noqa: E402
@@ -52,13 +52,9 @@ def parse_validation(spec: str) -> dict:
 
 
 def parse_settings(spec: str) -> dict:
-    """``"fit.penalty=0.002,fit.lr=0.005"`` -> :meth:`DipConfig.updated` changes (typed by the field)."""
-    out = {}
-    for item in filter(None, spec.split(",")):
-        k, _, v = item.partition("=")
-        kind = DipConfig().field_type(k)
-        out[k] = v == "True" if kind is bool else kind(v)
-    return out
+    """``"fit.penalty=0.002,fit.lr=0.005"`` -> :meth:`DipConfig.updated` changes (each item
+    by :func:`quality.ablation`)."""
+    return {k: v for item in filter(None, spec.split(",")) for k, v in ablation(item).items()}
 
 
 def run_generator(rows: Rows, part: str, case: Case, method: str, seed: int, steps: int,
@@ -70,8 +66,7 @@ def run_generator(rows: Rows, part: str, case: Case, method: str, seed: int, ste
     label = f"{label}|{settings}" if settings else label
     s = MethodSettings(dip=DipConfig(seed=seed, validation=validation).updated(
         {"fit.steps": steps, "fit.log_every": log_every, **parse_settings(settings)}))
-    digest = hashlib.sha1(repr(s.dip).encode()).hexdigest()[:12]
-    key = f"{part}|{case.name}|{case.accel_nominal}|{method}|seed={seed}|{label}|cfg={digest}"
+    key = f"{part}|{case.name}|{case.accel_nominal}|{method}|seed={seed}|{label}|cfg={settings_digest(s.dip)}"
     if rows.get(key):
         return rows.get(key)
     t = time.perf_counter()

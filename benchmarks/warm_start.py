@@ -21,7 +21,6 @@ changed default measures again), the tables (rows of the current settings) to
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import platform
 import sys
@@ -37,6 +36,7 @@ from oes_mri.metrics import slice_metrics
 from oes_mri.methods import MethodSettings
 from oes_mri.pipeline import RunConfig, run
 from oes_mri.solvers.config import DipConfig
+from quality import settings_digest
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "warm"
@@ -61,8 +61,8 @@ def config(name: str, args: argparse.Namespace, data: Path) -> RunConfig:
 
 
 def fingerprint(cfg: RunConfig) -> str:
-    """A short hash of the run's full generator settings (defaults included)."""
-    return hashlib.sha1(repr(cfg.settings.dip).encode()).hexdigest()[:12]
+    """:func:`quality.settings_digest` of the run's generator settings."""
+    return settings_digest(cfg.settings.dip)
 
 
 def measure(name: str, args: argparse.Namespace, data: Path) -> dict:
