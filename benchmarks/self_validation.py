@@ -23,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -32,6 +31,7 @@ from quality import (Case, Rows, ablation, curve_score, default_files, prepare, 
 
 from oes_mri.atomic import atomic_write_bytes  # noqa: E402
 from oes_mri.methods import LAMBDA_FACTORS, REGISTRY, MethodSettings, run_method  # noqa: E402
+from oes_mri.solvers.loop import ValidationStop, make_record  # noqa: E402
 from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -119,20 +119,20 @@ def run_classical(rows: Rows, case: Case, method: str, validation: ValidationCon
     return rows.add(row)
 
 
-def replay(vals: list[float], patience: int, informative: float, fallback: int, log_every: int) -> tuple[int, int, str]:
+def replay(vals: list[float], patience: int, informative: float, fallback: int, log_every: int,
+           smoothing: float = ValidationConfig.smoothing) -> tuple[int, int, str]:
     """The stopping rule on a recorded held-out curve: ``(chosen step, stop step, reason)``,
-    decided every ``log_every`` steps as :class:`oes_mri.solvers.loop.ValidationStop` does."""
-    best, best_step = np.inf, 0
+    decided every ``log_every`` steps by the rule the fit runs
+    (:class:`oes_mri.solvers.loop.ValidationStop` on a :class:`~oes_mri.solvers.loop.Record`
+    fed the curve, each step's output its step number)."""
+    rule = ValidationStop(1, patience, informative, fallback, smoothing)
+    record, zero = make_record(len(vals), rule), torch.zeros(())
     for i, v in enumerate(vals, 1):
-        if v < best:
-            best, best_step = v, i
-        if i % log_every and i != len(vals):
-            continue
-        if best < informative and i - best_step >= patience:
-            return best_step, i, "patience"
-        if best >= informative and i >= fallback:
-            return i, i, "fallback"
-    return (best_step, len(vals), "cap") if best < informative else (len(vals), len(vals), "fallback")
+        out = torch.tensor([float(i)])
+        record.update(out, zero, torch.tensor(v))
+        if (i % log_every == 0 or i == len(vals)) and rule(record, i, out, last=i == len(vals)):
+            break
+    return int(record.best_step), i, rule.reason[0]
 
 
 def at_step(curve: list, step: int) -> tuple[float, float]:
@@ -155,6 +155,7 @@ def report(rows: Rows, out: Path, patiences: list[int]) -> None:
         lines += ["## Held-out curves, rule replayed", "",
                   "Fits to the step cap with the held-out loss recorded at every step; the rule replayed for "
                   f"each patience, with the default informative threshold ({ValidationConfig.informative:g}) and "
+                  f"smoothing ({ValidationConfig.smoothing:g} steps) and "
                   "the cap as the fallback budget (PSNR/SSIM of the chosen step read at the nearest logged "
                   "step). gap = oracle peak of the same run - chosen. Rows without `fit.penalty` in their "
                   "hold-out label were made without the hybrid prior (penalty 0, the default until it became 2e-3).",

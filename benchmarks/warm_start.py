@@ -31,6 +31,7 @@ import h5py
 import torch
 
 from oes_mri.atomic import atomic_write_bytes
+from oes_mri.data.volumes import parse_slices
 from oes_mri.data.sample import sample_volume_path
 from oes_mri.metrics import slice_metrics
 from oes_mri.methods import MethodSettings
@@ -57,7 +58,7 @@ def config(name: str, args: argparse.Namespace, data: Path) -> RunConfig:
     dip = DipConfig(seed=args.seed).updated(changes)
     return RunConfig(data=data, out=args.work / f"{name}_seed{args.seed}", methods=[args.method], accel=args.accel,
                      settings=MethodSettings(dip=dip), device=args.device, overwrite=True,
-                     readout="full" if name.endswith("-full") else "crop")
+                     readout="full" if name.endswith("-full") else "crop", slices=args.select)
 
 
 def fingerprint(cfg: RunConfig) -> str:
@@ -72,10 +73,11 @@ def measure(name: str, args: argparse.Namespace, data: Path) -> dict:
     wall = time.perf_counter() - t
     with h5py.File(data) as hf:
         target = hf["reconstruction_rss"][()]
+    target = target[parse_slices(args.select, len(target))]
     with h5py.File(cfg.out / args.method / data.name) as hf:
         recon = hf["reconstruction"][()]
     per = [slice_metrics(t_, r_, float(target.max())) for t_, r_ in zip(target, recon)]
-    row = {"config": name, "seed": args.seed, "data": data.name, "accel": rec["acceleration"], "method": args.method,
+    row = {"config": name, "seed": args.seed, "data": data.name + (f"[{args.select}]" if args.select else ""), "accel": rec["acceleration"], "method": args.method,
            "psnr": rec["psnr"], "ssim": rec["ssim"], "steps": rec["steps"], "total_steps": sum(rec["steps"]),
            "fit_seconds": rec["seconds"], "wall_seconds": round(wall, 1), "slice_psnr": [p for p, _ in per],
            "slice_ssim": [s for _, s in per], "device": args.device, "threads": torch.get_num_threads(),
@@ -107,7 +109,8 @@ def table(rows: list[dict]) -> list[str]:
 def main(argv: list[str]) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", default="warm,independent,independent-full")
-    p.add_argument("--slices", type=int, default=5)
+    p.add_argument("--slices", type=int, default=5, help="slices of the simulated volume")
+    p.add_argument("--select", default=None, help="the slices to fit, as --slices of the CLI (default: all)")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--coils", type=int, default=8)
     p.add_argument("--accel", type=float, default=4.0)
@@ -125,7 +128,8 @@ def main(argv: list[str]) -> None:
     path = args.out / "rows.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
     for name in filter(None, args.configs.split(",")):
-        key = (name, args.seed, data.name, args.accel, args.method, args.steps, fingerprint(config(name, args, data)))
+        label = data.name + (f"[{args.select}]" if args.select else "")
+        key = (name, args.seed, label, args.accel, args.method, args.steps, fingerprint(config(name, args, data)))
         if any((r["config"], r["seed"], r["data"], r.get("accel_nominal"), r["method"], r.get("cap"),
                 r.get("settings")) == key for r in rows):
             continue
@@ -143,7 +147,8 @@ def main(argv: list[str]) -> None:
               f"({mine[0]['accel']:.2f}x realised), step cap {case[3]}, CLI defaults otherwise (10 % held-out "
               "lines, patience 400). Fit seconds exclude ESPIRiT and I/O; the OES mask is learned once per "
               "volume in every configuration. fastMRI volume metrics.", "", *table(mine)]
-        name = f"warm_{Path(case[0]).stem}_{case[1]:g}x_{case[2]}_{case[4]}.md"
+        stem = case[0].replace(".h5", "").replace("[", "_").replace(":", "-").rstrip("]")
+        name = f"warm_{stem}_{case[1]:g}x_{case[2]}_{case[4]}.md"
         atomic_write_bytes(args.out / name, ("\n".join(md) + "\n").encode())
         print("\n".join(md))
 

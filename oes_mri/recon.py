@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--patience", type=int, default=ValidationConfig.patience,
                    help="stop a fit after this many steps without a lower held-out error "
                    f"(default {ValidationConfig.patience})")
+    g.add_argument("--holdout-smoothing", type=float, default=ValidationConfig.smoothing,
+                   help="read the held-out error as a running average over about this many steps "
+                   f"(default {ValidationConfig.smoothing:g}; 1 = the raw error)")
     g.add_argument("--holdout-folds", type=int, default=ValidationConfig.folds,
                    help=f"average K fits on K different hold-out splits (default {ValidationConfig.folds})")
     g.add_argument("--warm-start", action=argparse.BooleanOptionalAction, default=WarmStart.enabled,
@@ -252,8 +255,9 @@ def dip_config(args: argparse.Namespace, steps: int, cuda_graph: bool):
     fit = build("--steps/--lr/--lr-schedule/--output-iterate/--input-jitter/--dip-penalty", lambda: FitConfig(
         steps=steps, lr=args.lr, lr_schedule=args.lr_schedule, output=args.output_iterate,
         input_jitter=args.input_jitter, penalty=args.dip_penalty))
-    validation = build("--holdout/--holdout-shape/--patience/--holdout-folds", lambda: ValidationConfig(
-        share=args.holdout, shape=args.holdout_shape, patience=args.patience, folds=args.holdout_folds))
+    validation = build("--holdout/--holdout-shape/--patience/--holdout-smoothing/--holdout-folds",
+                       lambda: ValidationConfig(share=args.holdout, shape=args.holdout_shape, patience=args.patience,
+                                                smoothing=args.holdout_smoothing, folds=args.holdout_folds))
     speed = build("--compile/--amp/--cuda-graph", lambda: SpeedConfig(compile=args.compile, amp=args.amp,
                                                                        cuda_graph=cuda_graph))
     warm = build("--warm-start/--warm-lr/--warm-patience/--warm-steps", lambda: WarmStart(

@@ -257,7 +257,8 @@ def _get(cfg, key: str):
     ("--lr-schedule", "fit.lr_schedule", "constant", "cosine", "step"),
     ("--warm-start", "warm.enabled", True, None, None), ("--no-warm-start", "warm.enabled", None, False, None),
     ("--warm-patience", "warm.patience", None, "50", "0"), ("--warm-steps", "warm.steps", 400, "300", "0"),
-    ("--warm-lr", "warm.lr", 1e-3, "0.01", "0"), ("--dip-penalty", "fit.penalty", 2e-3, "0", "-1")])
+    ("--warm-lr", "warm.lr", 1e-3, "0.01", "0"), ("--dip-penalty", "fit.penalty", 2e-3, "0", "-1"),
+    ("--holdout-smoothing", "validation.smoothing", 25.0, "1", "0.5")])
 def test_options_reach_the_config(tmp_path, flag, key, default, other, bad):
     """Each option lands in its nested config; a refused value is named by its flag."""
     from oes_mri.recon import InputError
@@ -267,11 +268,11 @@ def test_options_reach_the_config(tmp_path, flag, key, default, other, bad):
     if other is not None:
         value = _get(_dip_config(tmp_path, *([flag, other] if isinstance(other, str) else [flag])), key)
         assert value == {"--warm-patience": int, "--warm-steps": int, "--warm-lr": float,
-                         "--dip-penalty": float}.get(flag, str)(other) \
+                         "--dip-penalty": float, "--holdout-smoothing": float}.get(flag, str)(other) \
             if isinstance(other, str) else value == other
     if bad is None:
         return
-    if flag.startswith("--warm-") or flag == "--dip-penalty":
+    if flag in ("--warm-patience", "--warm-steps", "--warm-lr", "--dip-penalty", "--holdout-smoothing"):
         with pytest.raises(InputError, match=flag):
             _dip_config(tmp_path, flag, bad)
         return

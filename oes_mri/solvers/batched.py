@@ -23,7 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from oes_mri.optim import fit_optimizer
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.dip import FitResult, split_objective, stop_outcome, use_cuda_graph
-from oes_mri.solvers.loop import Record, StopRule, check_finite, run_steps
+from oes_mri.solvers.loop import StopRule, check_finite, make_record, run_steps
 
 
 def _stacked_masks(params: dict[str, torch.Tensor], masks: Sequence[WeightMask | None]) -> dict[str, torch.Tensor]:
@@ -80,7 +80,7 @@ def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Te
         g.train()
     base.train()
     opt, after_step = fit_optimizer(params.values(), lr, steps, schedule, capturable=graph)
-    record, logs = Record(steps), [[] for _ in range(B)]
+    record, logs = make_record(steps, stop), [[] for _ in range(B)]
 
     def step() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         eff = {n: p * stacked[n] if n in stacked else p for n, p in params.items()}

@@ -27,7 +27,7 @@ from oes_mri.optim import fit_optimizer
 from oes_mri.physics.holdout import KspaceSplit
 from oes_mri.physics.sense import CoilOp, SenseOp
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.solvers.loop import FitDiverged, Record, StopRule, check_finite, run_steps  # noqa: F401 (FitDiverged: API)
+from oes_mri.solvers.loop import FitDiverged, StopRule, check_finite, make_record, run_steps  # noqa: F401 (FitDiverged: API)
 
 
 class KspaceProblem(NamedTuple):
@@ -219,7 +219,7 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
     clean = generator_forward(gen, compile, amp)
     forward = jittered_input(clean, gen.z, input_jitter, jitter_seed) if input_jitter else clean
     opt, after_step = fit_optimizer(gen.parameters(), lr, steps, schedule, capturable=graph)
-    record, logs = Record(steps, ema_decay), []
+    record, logs = make_record(steps, stop, ema_decay), []
 
     def step() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         out = forward()

@@ -31,36 +31,47 @@ class Record:
     """Losses per step, the chosen iterate and an output average, updated in place on the device.
 
     The chosen iterate is the one with the lowest score: the validation loss when the step
-    gives one (self-validation), else the fit loss. A slice whose stopping rule has fired is
-    ``frozen``: its chosen iterate no longer changes, although a batch it belongs to goes on.
+    gives one (self-validation), else the fit loss, averaged over about ``smoothing`` steps,
+    ``s_t = s_{t-1} + (v_t - s_{t-1}) / smoothing`` (``s_1 = v_1``; 1 = the raw loss): a
+    one-step dip of a noisy held-out error then neither wins nor starts a stopping rule's
+    patience clock. A slice whose stopping rule has fired is ``frozen``: its chosen iterate no
+    longer changes, although a batch it belongs to goes on.
 
     Attributes:
-        losses: fit losses ``(steps, *loss.shape)``; vals: validation losses, same shape, or ``None``.
-        best, best_score, best_step: the chosen output, its score and its 1-based step (per slice).
+        losses: fit losses ``(steps, *loss.shape)``; vals: validation losses, same shape, or
+            ``None`` (both raw, as the step returned them).
+        score: the smoothed score of the last step (per slice).
+        best, best_score, best_step: the chosen output, its (smoothed) score and its 1-based
+            step (per slice).
         frozen: bool, per slice.
         ema: ``d * ema + (1 - d) * output`` when ``ema_decay`` is set (starts at the first output).
     """
 
-    def __init__(self, steps: int, ema_decay: float | None = None) -> None:
-        self.steps, self.ema_decay = steps, ema_decay
+    def __init__(self, steps: int, ema_decay: float | None = None, smoothing: float = 1.0) -> None:
+        if smoothing < 1:
+            raise ValueError(f"score smoothing must be >= 1 step, got {smoothing}")
+        self.steps, self.ema_decay, self.smoothing = steps, ema_decay, smoothing
         self.losses = self.vals = self.best = self.best_score = self.best_step = self.frozen = None
-        self.ema = self.index = None
+        self.ema = self.index = self.score = None
 
     def update(self, out: torch.Tensor, loss: torch.Tensor, val: torch.Tensor | None = None) -> None:
         """Record one step (in place: safe inside a CUDA graph after the first call)."""
-        score = loss if val is None else val
+        raw = loss if val is None else val
         if self.losses is None:
             self.losses = torch.zeros((self.steps, *loss.shape), device=loss.device)
             self.vals = torch.zeros_like(self.losses) if val is not None else None
             self.index = torch.zeros((), dtype=torch.long, device=loss.device)
-            self.best, self.best_score = out.clone(), torch.full_like(score, math.inf)
-            self.best_step = torch.zeros(score.shape, dtype=torch.long, device=loss.device)
-            self.frozen = torch.zeros(score.shape, dtype=torch.bool, device=loss.device)
+            self.best, self.best_score = out.clone(), torch.full_like(raw, math.inf)
+            self.best_step = torch.zeros(raw.shape, dtype=torch.long, device=loss.device)
+            self.frozen = torch.zeros(raw.shape, dtype=torch.bool, device=loss.device)
+            self.score = raw.detach().clone()
             self.ema = out.clone() if self.ema_decay is not None else None
         self.losses.index_copy_(0, self.index.view(1), loss.unsqueeze(0))
         if val is not None:
             self.vals.index_copy_(0, self.index.view(1), val.unsqueeze(0))
         self.index += 1
+        self.score.add_((raw - self.score) / self.smoothing)
+        score = self.score
         better = (score < self.best_score) & ~self.frozen
         self.best.copy_(torch.where(better.view(*better.shape, *[1] * (out.dim() - better.dim())), out, self.best))
         self.best_score.copy_(torch.where(better, score, self.best_score))
@@ -69,16 +80,21 @@ class Record:
             self.ema.mul_(self.ema_decay).add_(out, alpha=1 - self.ema_decay)
 
     def take(self, b: int, out: torch.Tensor, step: int) -> None:
-        """Make slice ``b``'s output at ``step`` (``out``, the step's output) its chosen iterate."""
+        """Make slice ``b``'s output at ``step`` (``out``, the output of that step, the last
+        recorded) its chosen iterate."""
         batched = self.best_score.dim() > 0
         (self.best[b] if batched else self.best).copy_(out[b] if batched else out)
-        scores = self.vals if self.vals is not None else self.losses
-        self.best_score.view(-1)[b] = scores[step - 1].view(-1)[b]
+        self.best_score.view(-1)[b] = self.score.view(-1)[b]
         self.best_step.view(-1)[b] = step
 
     def steps_run(self) -> int:
         """Steps recorded so far (one host sync)."""
         return int(self.index)
+
+
+def make_record(steps: int, stop: "StopRule | None", ema_decay: float | None = None) -> Record:
+    """The :class:`Record` a fit of ``steps`` steps keeps, with the score smoothing ``stop`` reads."""
+    return Record(steps, ema_decay, stop.smoothing if stop is not None else 1.0)
 
 
 class StopRule:
@@ -88,7 +104,10 @@ class StopRule:
     Attributes:
         stop_step: per slice, the step at which its rule fired (``None`` while it runs).
         reason: per slice, why it stopped.
+        smoothing: the :class:`Record`'s score smoothing the rule reads (steps; 1 = raw).
     """
+
+    smoothing: float = 1.0
 
     def __init__(self, slices: int) -> None:
         self.stop_step: list[int | None] = [None] * slices
@@ -114,14 +133,17 @@ class ValidationStop(StopRule):
     information (best relative error still >= ``informative``; 1 is the error of predicting
     zeros) cannot choose: the slice then runs to ``fallback_steps`` (``None``: the cap) and its
     chosen iterate is the output at that step. Reasons: ``"patience"``, ``"fallback"``, ``"cap"``.
+    The validation loss is read smoothed over about ``smoothing`` steps (the record made with
+    :func:`make_record`).
     """
 
     def __init__(self, slices: int, patience: int, informative: float = 1.0,
-                 fallback_steps: int | None = None) -> None:
-        if patience < 1:
-            raise ValueError(f"patience must be >= 1 step, got {patience}")
+                 fallback_steps: int | None = None, smoothing: float = 1.0) -> None:
+        if patience < 1 or smoothing < 1:
+            raise ValueError(f"patience and smoothing must be >= 1 step, got {patience} and {smoothing}")
         super().__init__(slices)
         self.patience, self.informative, self.fallback_steps = patience, informative, fallback_steps
+        self.smoothing = smoothing
 
     def __call__(self, record: Record, step: int, out: torch.Tensor, last: bool = False) -> bool:
         """Decide after ``step`` (``out``: its output); ``last``: the cap is reached.
