@@ -127,8 +127,8 @@ def main(argv: list[str]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "rows.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    label = data.name + (f"[{args.select}]" if args.select else "")
     for name in filter(None, args.configs.split(",")):
-        label = data.name + (f"[{args.select}]" if args.select else "")
         key = (name, args.seed, label, args.accel, args.method, args.steps, fingerprint(config(name, args, data)))
         if any((r["config"], r["seed"], r["data"], r.get("accel_nominal"), r["method"], r.get("cap"),
                 r.get("settings")) == key for r in rows):
@@ -138,7 +138,7 @@ def main(argv: list[str]) -> None:
         with open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
     current = {fingerprint(config(n, args, data)) for n in filter(None, args.configs.split(","))}
-    rows = [r for r in rows if r.get("settings") in current]       # older settings: kept in rows.jsonl only
+    rows = [r for r in rows if r.get("settings") in current and r["data"] == label]   # others: in rows.jsonl only
     for case in sorted({(r["data"], r["accel_nominal"], r["method"], r["cap"], r["device"]) for r in rows}):
         mine = [r for r in rows if (r["data"], r["accel_nominal"], r["method"], r["cap"], r["device"]) == case]
         md = [f"# Warm-started slices against independent fits: {case[0]}", "",
