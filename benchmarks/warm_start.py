@@ -61,6 +61,11 @@ def config(name: str, args: argparse.Namespace, data: Path) -> RunConfig:
                      readout="full" if name.endswith("-full") else "crop", slices=args.select)
 
 
+def volume_label(data: Path, select: str | None) -> str:
+    """The rows' name of the fitted volume: the file, and the selected slices if any."""
+    return data.name + (f"[{select}]" if select else "")
+
+
 def fingerprint(cfg: RunConfig) -> str:
     """:func:`quality.settings_digest` of the run's generator settings."""
     return settings_digest(cfg.settings.dip)
@@ -77,8 +82,9 @@ def measure(name: str, args: argparse.Namespace, data: Path) -> dict:
     with h5py.File(cfg.out / args.method / data.name) as hf:
         recon = hf["reconstruction"][()]
     per = [slice_metrics(t_, r_, float(target.max())) for t_, r_ in zip(target, recon)]
-    row = {"config": name, "seed": args.seed, "data": data.name + (f"[{args.select}]" if args.select else ""), "accel": rec["acceleration"], "method": args.method,
-           "psnr": rec["psnr"], "ssim": rec["ssim"], "steps": rec["steps"], "total_steps": sum(rec["steps"]),
+    row = {"config": name, "seed": args.seed, "data": volume_label(data, args.select), "accel": rec["acceleration"],
+           "method": args.method, "psnr": rec["psnr"], "ssim": rec["ssim"], "steps": rec["steps"],
+           "total_steps": sum(rec["steps"]),
            "fit_seconds": rec["seconds"], "wall_seconds": round(wall, 1), "slice_psnr": [p for p, _ in per],
            "slice_ssim": [s for _, s in per], "device": args.device, "threads": torch.get_num_threads(),
            "settings": fingerprint(cfg)}
@@ -127,7 +133,7 @@ def main(argv: list[str]) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "rows.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    label = data.name + (f"[{args.select}]" if args.select else "")
+    label = volume_label(data, args.select)
     for name in filter(None, args.configs.split(",")):
         key = (name, args.seed, label, args.accel, args.method, args.steps, fingerprint(config(name, args, data)))
         if any((r["config"], r["seed"], r["data"], r.get("accel_nominal"), r["method"], r.get("cap"),
