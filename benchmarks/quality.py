@@ -65,7 +65,7 @@ def ablation(variant: str) -> dict:
     except ValueError:
         kind = None
     if kind not in (int, float, str, bool) or not value:
-        raise SystemExit(f"--ablations/--set: {variant!r} is not section.field=value for a DipConfig "
+        raise SystemExit(f"setting {variant!r} is not section.field=value for a DipConfig "
                          "number/string/bool setting (e.g. fit.lr=0.03)")
     return {name: value == "True" if kind is bool else kind(value)}
 

@@ -17,7 +17,6 @@ to ``<out>/quality_rows.<part>.jsonl`` at once (an interrupted run resumes).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import platform
 import sys
 import time
@@ -39,16 +38,10 @@ OUT = ROOT / "results" / "selfval"
 
 
 def parse_validation(spec: str) -> dict:
-    """``"share=0.1,shape=lines"`` -> ValidationConfig fields (typed by the field)."""
-    fields = {f.name: f.type for f in dataclasses.fields(ValidationConfig)}
-    out = {}
-    for item in filter(None, spec.split(",")):
-        k, _, v = item.partition("=")
-        if k not in fields:
-            raise SystemExit(f"--validation: unknown field {k!r}; one of {', '.join(fields)}")
-        kind = fields[k].split(" ")[0]
-        out[k] = v == "True" if kind == "bool" else {"float": float, "int": int, "str": str}[kind](v)
-    return out
+    """``"share=0.1,shape=lines"`` -> ValidationConfig fields (each item typed by
+    :func:`quality.ablation` as ``validation.<item>``)."""
+    return {k.partition(".")[2]: v for k, v in parse_settings(
+        ",".join(f"validation.{item}" for item in filter(None, spec.split(",")))).items()}
 
 
 def parse_settings(spec: str) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from typing import Any, Mapping
 
 import torch
@@ -257,9 +258,12 @@ class DipConfig:
         return dataclasses.replace(self, **top)
 
     def field_type(self, key: str) -> type:
-        """The type of the setting ``key`` (as in :meth:`updated`), from its current value."""
+        """The declared type of the setting ``key`` (as in :meth:`updated`); of an optional
+        setting (``int | None``), the type it takes when set."""
         section, _, name = key.rpartition(".")
-        obj = getattr(self, section) if section else self
-        if not hasattr(obj, name):
+        obj = getattr(self, section, None) if section else self
+        hints = typing.get_type_hints(type(obj)) if dataclasses.is_dataclass(obj) else {}
+        if name not in hints:
             raise ValueError(f"unknown setting {key!r}")
-        return type(getattr(obj, name))
+        kinds = [t for t in typing.get_args(hints[name]) if t is not type(None)] or [hints[name]]
+        return kinds[0]
