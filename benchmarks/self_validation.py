@@ -134,6 +134,34 @@ def at_step(curve: list, step: int) -> tuple[float, float]:
     return c[1], c[2]
 
 
+CAPS = (3000, 4000, 5000, 6000)   # step caps replayed on curves recorded past the default cap
+
+
+def caps_table(curves: list[dict], patience: int) -> list[str]:
+    """Markdown: the rule (``patience``, the cap as the fallback budget) replayed on each curve
+    cut at each of :data:`CAPS` it reaches: what a longer cap gives the same fit."""
+    if not curves:
+        return []
+    caps = [c for c in CAPS if any(len(r["val"]) >= c for r in curves)]
+    lines = ["## Step caps, rule replayed", "",
+             f"Curves recorded past {CAPS[0]} steps, cut at each cap and the rule (patience {patience}, the "
+             "cap as the fallback budget) replayed: PSNR / SSIM (chosen step).", "",
+             "| data | accel | method | seed | hold-out | " + " | ".join(f"cap {c}" for c in caps) + " |",
+             "|---|---|---|---|---|" + "---|" * len(caps)]
+    for r in sorted(curves, key=lambda r: r["key"]):
+        cells = []
+        for c in caps:
+            if len(r["val"]) < c:
+                cells.append("")
+                continue
+            chosen, _, why = replay(r["val"][:c], patience, ValidationConfig.informative, 10**9, 25)
+            psnr, ssim = at_step(r["curve"], chosen)
+            cells.append(f"{psnr:.2f} / {ssim:.3f} ({chosen}{', fallback' if why == 'fallback' else ''})")
+        lines.append(f"| {r['data']} | {r['accel']:.2f} | {r['method']} | {r['seed']} | {r['variant']} | "
+                     + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def report(rows: Rows, out: Path, patiences: list[int]) -> None:
     """``selfval.md``: the curves replayed for each patience, and the table rows."""
     lines = ["# Self-validation benchmark", "",
@@ -165,6 +193,7 @@ def report(rows: Rows, out: Path, patiences: list[int]) -> None:
                              f"({r['peak_step']}) | {r['ssim_peak']:.3f} ({r['ssim_peak_step']}) "
                              f"| {r['psnr_peak'] - psnr:.2f} | {r['ssim_peak'] - ssim:.3f} |")
         lines.append("")
+    lines += caps_table([r for r in curves if len(r["val"]) > CAPS[0]], ValidationConfig.patience)
     cs = [r for r in rows.rows.values() if r["experiment"] == "table" and "lambda" in r]
     if cs:
         lines += ["## Baselines: lambda by held-out error", "",
