@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from typing import Any, Mapping
 
@@ -265,5 +266,8 @@ class DipConfig:
         hints = typing.get_type_hints(type(obj)) if dataclasses.is_dataclass(obj) else {}
         if name not in hints:
             raise ValueError(f"unknown setting {key!r}")
-        kinds = [t for t in typing.get_args(hints[name]) if t is not type(None)] or [hints[name]]
-        return kinds[0]
+        hint = hints[name]
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):        # X | None -> X
+            kinds = [t for t in typing.get_args(hint) if t is not type(None)]
+            return kinds[0] if len(kinds) == 1 else hint
+        return typing.get_origin(hint) or hint                                 # tuple[int, ...] -> tuple
