@@ -30,11 +30,13 @@ from quality import (Case, Rows, ablation, curve_score, default_files, prepare, 
 
 from oes_mri.atomic import atomic_write_bytes  # noqa: E402
 from oes_mri.methods import LAMBDA_FACTORS, REGISTRY, MethodSettings, run_method  # noqa: E402
-from oes_mri.solvers.loop import ValidationStop, make_record  # noqa: E402
+from oes_mri.solvers import loop  # noqa: E402
+from oes_mri.solvers.loop import ValidationStop  # noqa: E402
 from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "selfval"
+LOG_EVERY = 25           # the curves' logging interval (--log-every), where the replayed rule decides
 
 
 def parse_validation(spec: str) -> dict:
@@ -116,16 +118,18 @@ def replay(vals: list[float], patience: int, informative: float, fallback: int, 
            smoothing: float = ValidationConfig.smoothing) -> tuple[int, int, str]:
     """The stopping rule on a recorded held-out curve: ``(chosen step, stop step, reason)``,
     decided every ``log_every`` steps by the rule the fit runs
-    (:class:`oes_mri.solvers.loop.ValidationStop` on a :class:`~oes_mri.solvers.loop.Record`
-    fed the curve, each step's output its step number)."""
+    (:class:`~oes_mri.solvers.loop.ValidationStop`, by :func:`oes_mri.solvers.loop.replay`)."""
     rule = ValidationStop(1, patience, informative, fallback, smoothing)
-    record, zero = make_record(len(vals), rule), torch.zeros(())
-    for i, v in enumerate(vals, 1):
-        out = torch.tensor([float(i)])
-        record.update(out, zero, torch.tensor(v))
-        if (i % log_every == 0 or i == len(vals)) and rule(record, i, out, last=i == len(vals)):
-            break
-    return int(record.best_step), i, rule.reason[0]
+    record, stop = loop.replay(vals, rule, log_every)
+    return int(record.best_step), stop, rule.reason[0]
+
+
+def rule_on_row(row: dict, patience: int, cap: int | None = None) -> tuple[int, int, str, float, float]:
+    """The default rule (``patience``) replayed on a curves row cut at ``cap`` steps (``None``:
+    all it recorded), the cap as the fallback budget: ``(chosen step, stop step, reason,
+    PSNR, SSIM)``, PSNR/SSIM read at the logged step nearest the chosen one."""
+    chosen, stop, why = replay(row["val"][:cap], patience, ValidationConfig.informative, 10**9, LOG_EVERY)
+    return (chosen, stop, why, *at_step(row["curve"], chosen))
 
 
 def at_step(curve: list, step: int) -> tuple[float, float]:
@@ -154,8 +158,7 @@ def caps_table(curves: list[dict], patience: int) -> list[str]:
             if len(r["val"]) < c:
                 cells.append("")
                 continue
-            chosen, _, why = replay(r["val"][:c], patience, ValidationConfig.informative, 10**9, 25)
-            psnr, ssim = at_step(r["curve"], chosen)
+            chosen, _, why, psnr, ssim = rule_on_row(r, patience, c)
             cells.append(f"{psnr:.2f} / {ssim:.3f} ({chosen}{', fallback' if why == 'fallback' else ''})")
         lines.append(f"| {r['data']} | {r['accel']:.2f} | {r['method']} | {r['seed']} | {r['variant']} | "
                      + " | ".join(cells) + " |")
@@ -186,8 +189,7 @@ def report(rows: Rows, out: Path, patiences: list[int]) -> None:
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sorted(curves, key=lambda r: r["key"]):
             for p in patiences:
-                chosen, stop, why = replay(r["val"], p, ValidationConfig.informative, 10**9, 25)
-                psnr, ssim = at_step(r["curve"], chosen)
+                chosen, stop, why, psnr, ssim = rule_on_row(r, p)
                 lines.append(f"| {r['data']} | {r['accel']:.2f} | {r['method']} | {r['seed']} | {r['variant']} | {p} "
                              f"| {chosen} | {stop} ({why}) | {psnr:.2f} | {ssim:.3f} | {r['psnr_peak']:.2f} "
                              f"({r['peak_step']}) | {r['ssim_peak']:.3f} ({r['ssim_peak_step']}) "
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", default="", help="further generator settings, section.field=v,... "
                     "(fit.penalty=0.002)")
     ap.add_argument("--patiences", type=int, nargs="+", default=[200, 400, 800])
-    ap.add_argument("--log-every", type=int, default=25)
+    ap.add_argument("--log-every", type=int, default=LOG_EVERY)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args(argv)

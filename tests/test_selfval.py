@@ -20,7 +20,7 @@ from oes_mri.physics.holdout import split_mask
 from oes_mri.physics.masks import fastmri_mask, find_acs, poisson_mask
 from oes_mri.solvers.classical import cg_sense
 from oes_mri.solvers.combine import dc_rss
-from oes_mri.solvers.loop import Record, ValidationStop, make_record
+from oes_mri.solvers.loop import Record, ValidationStop, replay
 from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig, reconstruct_dip, reconstruct_dip_batch
 from oes_mri.solvers.tuning import choose_lambda
 from tests.conftest import phantom_image
@@ -72,26 +72,16 @@ def test_poisson_split_keeps_its_acs_block():
     assert sp.fit[rows, cols].all() and torch.equal(sp.fit + sp.val, pm.mask)
 
 
-def _replay(vals: list[float], rule: ValidationStop, log_every: int) -> tuple[Record, int]:
-    """Feed ``vals`` through a Record as a fit would (output = its step number)."""
-    rec = make_record(len(vals), rule)
-    for i, v in enumerate(vals, 1):
-        rec.update(torch.full((1, 2, 2), float(i)), torch.tensor(1.0 / i), torch.tensor(v))
-        if (i % log_every == 0 or i == len(vals)) and rule(rec, i, torch.full((1, 2, 2), float(i)), i == len(vals)):
-            return rec, i
-    return rec, len(vals)
-
-
 def test_rule_stops_after_patience_at_the_lowest_held_out_loss():
     """A held-out curve that falls to step 300 and rises (overfitting), with noise: the rule
     returns the iterate of its minimum and stops ``patience`` steps later (at a log step)."""
     t = np.arange(1, 1001)
     vals = 0.3 + 0.5 * np.exp(-t / 80) + 1e-6 * (t - 300) ** 2 + 0.002 * np.random.default_rng(0).standard_normal(1000)
     rule = ValidationStop(1, patience=200, informative=0.95)
-    rec, stopped = _replay(vals.tolist(), rule, log_every=25)
+    rec, stopped = replay(vals.tolist(), rule, log_every=25)
     best = int(np.argmin(vals[:stopped])) + 1
     assert rule.reason == ["patience"] and stopped == 25 * -(-(best + 200) // 25)
-    assert int(rec.best_step) == best and float(rec.best[0, 0, 0]) == best      # the iterate of that step
+    assert int(rec.best_step) == best and float(rec.best[0]) == best      # the iterate of that step
     assert abs(best - 300) < 60                                                # near the true minimum
 
 
@@ -100,8 +90,8 @@ def test_rule_falls_back_when_the_held_out_set_is_uninformative():
     noise minimum; the output is the iterate at ``fallback_steps``."""
     vals = (1.2 - 0.1 * np.exp(-np.arange(1, 601) / 5.0)).tolist()     # minimum at step 1..., all >= 1.1
     rule = ValidationStop(1, patience=50, informative=0.95, fallback_steps=400)
-    rec, stopped = _replay(vals, rule, log_every=25)
-    assert (stopped, rule.reason[0], int(rec.best_step), float(rec.best[0, 0, 0])) == (400, "fallback", 400, 400.0)
+    rec, stopped = replay(vals, rule, log_every=25)
+    assert (stopped, rule.reason[0], int(rec.best_step), float(rec.best[0])) == (400, "fallback", 400, 400.0)
 
 
 def test_default_rule_does_not_stop_at_a_shallow_early_dip():
@@ -111,10 +101,10 @@ def test_default_rule_does_not_stop_at_a_shallow_early_dip():
     t = np.arange(1, 3001)
     vals = np.where(t < 800, 1.0 + 7e-3 * ((t - 250) / 250.0) ** 2 - 7e-3, 1.027 - 0.13 * np.sin(np.pi * (t - 800) / 3400))
     default = ValidationStop(1, patience=ValidationConfig().patience, informative=ValidationConfig().informative)
-    rec, stopped = _replay(vals.tolist(), default, log_every=25)
+    rec, stopped = replay(vals.tolist(), default, log_every=25)
     assert default.reason == ["patience"] and int(rec.best_step) == 2500 and stopped == 2900
     old = ValidationStop(1, patience=ValidationConfig().patience, informative=1.0)
-    rec, stopped = _replay(vals.tolist(), old, log_every=25)
+    rec, stopped = replay(vals.tolist(), old, log_every=25)
     assert old.reason == ["patience"] and int(rec.best_step) == 250 and stopped == 650
 
 
@@ -128,12 +118,12 @@ def test_default_rule_reads_a_smoothed_held_out_error():
     vals[259] = 0.978
     cfg = ValidationConfig()
     raw = ValidationStop(1, cfg.patience, cfg.informative, smoothing=1)
-    rec, stopped = _replay(vals.tolist(), raw, log_every=25)
+    rec, stopped = replay(vals.tolist(), raw, log_every=25)
     assert (raw.reason[0], int(rec.best_step), stopped) == ("patience", 260, 675)
     default = cfg.rule(1)
-    rec, stopped = _replay(vals.tolist(), default, log_every=25)
+    rec, stopped = replay(vals.tolist(), default, log_every=25)
     best = int(rec.best_step)
-    assert default.reason == ["cap"] and 2800 <= best <= 2830 and float(rec.best[0, 0, 0]) == best
+    assert default.reason == ["cap"] and 2800 <= best <= 2830 and float(rec.best[0]) == best
     assert abs(float(rec.best_score) - vals[best - 1]) < 0.01          # the smoothed score, near the raw one
 
 

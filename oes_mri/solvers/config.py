@@ -178,13 +178,16 @@ class WarmStart:
             dips in its first 25 steps while the image improves for hundreds more: with
             patience 100 the chain stopped warm slices at such dips and lost 0.68 dB on the
             test volume (``docs/warm_start.md``). Read smoothed (``ValidationConfig.smoothing``),
-            patience 100 gains 0.07 dB on 7 neighbouring slices of a 35-slice volume and loses
-            0.27 dB on 5 slices spanning one: 400 holds on both.
+            patience 100 runs 0.29-0.43 of independent fits' steps on three runs of 7
+            neighbouring slices of a 35-slice volume (at most 0.12 dB below them, but 0.11 dB below
+            400 on one) and loses 0.35 dB against them on 5 slices spanning one: 400 holds on all
+            four (-0.12 to +0.17 dB).
         steps: the step cap of a warm-started slice (``None``: the fit's), also its budget
             when its held-out lines are uninformative. Cap 400 with the validation's patience,
             measured on a 5-slice volume: the volume within -0.08 dB / -0.008 SSIM of
             independent fits at 0.42 of their steps (the edge slice loses 2.2 dB at 400 steps);
-            on 7 neighbouring slices of a 35-slice volume +0.12 dB at 0.60 of the steps.
+            on three runs of 7 neighbouring slices of a 35-slice volume -0.12 to +0.17 dB at
+            0.31-0.60 of the steps.
     """
 
     enabled: bool = True
