@@ -36,7 +36,7 @@ from oes_mri.data.sample import sample_volume_path
 from oes_mri.metrics import slice_metrics
 from oes_mri.methods import MethodSettings
 from oes_mri.pipeline import RunConfig, run
-from oes_mri.solvers.config import DipConfig
+from oes_mri.solvers.config import DipConfig, ValidationConfig, WarmStart
 from quality import settings_digest
 
 ROOT = Path(__file__).resolve().parent
@@ -151,7 +151,8 @@ def main(argv: list[str]) -> None:
               f"`python benchmarks/{Path(argv[0]).name}` ({platform.machine()}, torch {torch.__version__}, "
               f"{mine[0]['threads']} thread(s), {case[4]}); method {case[2]}, {case[1]:g}x nominal "
               f"({mine[0]['accel']:.2f}x realised), step cap {case[3]}, CLI defaults otherwise (10 % held-out "
-              "lines, patience 400). Fit seconds exclude ESPIRiT and I/O; the OES mask is learned once per "
+              f"lines, patience {ValidationConfig.patience}; a warm slice: patience {WarmStart.patience}, cap "
+              f"{WarmStart.steps}). Fit seconds exclude ESPIRiT and I/O; the OES mask is learned once per "
               "volume in every configuration. fastMRI volume metrics.", "", *table(mine)]
         stem = case[0].replace(".h5", "").replace("[", "_").replace(":", "-").rstrip("]")
         name = f"warm_{stem}_{case[1]:g}x_{case[2]}_{case[4]}.md"

@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"learning rate of a warm-started slice (default {WarmStart.lr:g}: a fresh Adam at --lr "
                    "shakes a fitted generator)")
     g.add_argument("--warm-patience", type=int, default=WarmStart.patience,
-                   help="held-out patience of a warm-started slice (default: --patience)")
+                   help=f"held-out patience of a warm-started slice (default {WarmStart.patience}; 400 for "
+                   "slices far apart)")
     g.add_argument("--warm-steps", type=int, default=WarmStart.steps,
                    help=f"step cap of a warm-started slice (default {WarmStart.steps}; at most --steps)")
     g.add_argument("--tune-lambda", action=argparse.BooleanOptionalAction, default=True,

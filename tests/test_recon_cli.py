@@ -256,7 +256,7 @@ def _get(cfg, key: str):
     ("--allocation", "pruning.allocation", "erk", "global", "layerwise"),
     ("--lr-schedule", "fit.lr_schedule", "constant", "cosine", "step"),
     ("--warm-start", "warm.enabled", True, None, None), ("--no-warm-start", "warm.enabled", None, False, None),
-    ("--warm-patience", "warm.patience", None, "50", "0"), ("--warm-steps", "warm.steps", 400, "300", "0"),
+    ("--warm-patience", "warm.patience", 100, "50", "0"), ("--warm-steps", "warm.steps", 400, "300", "0"),
     ("--warm-lr", "warm.lr", 1e-3, "0.01", "0"), ("--dip-penalty", "fit.penalty", 2e-3, "0", "-1"),
     ("--holdout-smoothing", "validation.smoothing", 25.0, "1", "0.5")])
 def test_options_reach_the_config(tmp_path, flag, key, default, other, bad):
