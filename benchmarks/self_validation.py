@@ -124,11 +124,13 @@ def replay(vals: list[float], patience: int, informative: float, fallback: int, 
     return int(record.best_step), stop, rule.reason[0]
 
 
-def rule_on_row(row: dict, patience: int, cap: int | None = None) -> tuple[int, int, str, float, float]:
+def rule_on_row(row: dict, patience: int, cap: int | None = None,
+                fallback: int | None = None) -> tuple[int, int, str, float, float]:
     """The default rule (``patience``) replayed on a curves row cut at ``cap`` steps (``None``:
-    all it recorded), the cap as the fallback budget: ``(chosen step, stop step, reason,
-    PSNR, SSIM)``, PSNR/SSIM read at the logged step nearest the chosen one."""
-    chosen, stop, why = replay(row["val"][:cap], patience, ValidationConfig.informative, 10**9, LOG_EVERY)
+    all it recorded), with the ``fallback`` budget (``None``: the cap): ``(chosen step, stop
+    step, reason, PSNR, SSIM)``, PSNR/SSIM read at the logged step nearest the chosen one."""
+    chosen, stop, why = replay(row["val"][:cap], patience, ValidationConfig.informative,
+                               fallback or 10**9, LOG_EVERY)
     return (chosen, stop, why, *at_step(row["curve"], chosen))
 
 
@@ -165,6 +167,37 @@ def caps_table(curves: list[dict], patience: int) -> list[str]:
     return lines + [""]
 
 
+BUDGETS = ((3000, 400, None), (6000, 400, 3000), (6000, 400, None), (6000, 800, 3000), (6000, 800, None))
+"""Candidate step budgets (cap, patience, fallback; ``None``: the cap) compared by :func:`budgets_table`."""
+
+
+def budgets_table(curves: list[dict]) -> list[str]:
+    """Markdown: each budget of :data:`BUDGETS` replayed on every curve recorded to its cap, as
+    the mean over seeds per image and acceleration: PSNR / SSIM (mean steps run)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in curves:
+        if len(r["val"]) >= max(b[0] for b in BUDGETS):
+            groups.setdefault((r["data"], round(r["accel"], 2), r["method"], r["variant"]), []).append(r)
+    if not groups:
+        return []
+    keys = sorted(groups)
+    lines = ["## Step budgets, rule replayed (means over seeds)", "",
+             "Each candidate budget replayed on the same curves: PSNR / SSIM (mean steps run), mean over the "
+             "seeds listed. The fallback is the budget of a fit whose held-out set is uninformative.", "",
+             "| cap | patience | fallback | " + " | ".join(
+                 f"{d} {a:.2f}x {m} ({len(groups[(d, a, m, v)])} seeds)" for d, a, m, v in keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]
+    for cap, patience, fallback in BUDGETS:
+        cells = []
+        for k in keys:
+            runs = [rule_on_row(r, patience, cap, fallback) for r in groups[k]]
+            n = len(runs)
+            cells.append(f"{sum(x[3] for x in runs) / n:.2f} / {sum(x[4] for x in runs) / n:.3f} "
+                         f"({sum(x[1] for x in runs) / n:.0f})")
+        lines.append(f"| {cap} | {patience} | {fallback or cap} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def report(rows: Rows, out: Path, patiences: list[int]) -> None:
     """``selfval.md``: the curves replayed for each patience, and the table rows."""
     lines = ["# Self-validation benchmark", "",
@@ -196,6 +229,7 @@ def report(rows: Rows, out: Path, patiences: list[int]) -> None:
                              f"| {r['psnr_peak'] - psnr:.2f} | {r['ssim_peak'] - ssim:.3f} |")
         lines.append("")
     lines += caps_table([r for r in curves if len(r["val"]) > CAPS[0]], ValidationConfig.patience)
+    lines += budgets_table(curves)
     cs = [r for r in rows.rows.values() if r["experiment"] == "table" and "lambda" in r]
     if cs:
         lines += ["## Baselines: lambda by held-out error", "",

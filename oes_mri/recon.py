@@ -48,6 +48,14 @@ examples:
 """
 
 
+CUDA_STEPS = 6000
+"""The step cap on CUDA. The held-out rule stops most fits before it; at a cap of 3000 the
+rule stopped the fits of the shared brain at the cap while they were still improving: over
+3 seeds a cap of 6000 gives +0.78 dB at 4x and +0.31 dB at 9x on the brain, +0.39 dB on the
+sample at 4x and -0.07 dB at 12x (docs/self_validation.md, "Step budgets"). On a volume only
+the reference slice runs it: a warm slice's cap is ``WarmStart.steps``."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     from oes_mri.methods import DEFAULT_METHODS, METHODS
     from oes_mri.nets.generator import ARCHS
@@ -96,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OES pruning-mask learning steps (default 100; --mask-steps: the old name)")
     g.add_argument("--steps", type=int, default=None,
                    help="fitting steps: the cap when held-out k-space stops the fit (default 300 on the CPU, "
-                   "3000 on CUDA)")
+                   f"{CUDA_STEPS} on CUDA)")
     g.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the fit (default 0.01)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=FitConfig.lr_schedule,
                    help="learning rate over the fit: constant, or cosine from --lr to 0 over --steps "
@@ -271,11 +279,10 @@ def dip_config(args: argparse.Namespace, steps: int, cuda_graph: bool):
 def default_steps(device: str) -> int:
     """Fit steps when ``--steps`` is not given: ``DipConfig``'s 300 on the CPU (the demo's
     3-minute budget on 2 cores; the built-in sample reaches 99 % of its final SSIM by step 200),
-    3000 on CUDA (Sparse-DIP still gains about 2 dB from 450 to 3000 steps on the shared brain
-    at 4x: benchmarks/results/quality.md)."""
+    :data:`CUDA_STEPS` on CUDA."""
     from oes_mri.solvers.config import FitConfig
 
-    return 3000 if device.startswith("cuda") else FitConfig.steps
+    return CUDA_STEPS if device.startswith("cuda") else FitConfig.steps
 
 
 def _figures(vol, records: list[dict]) -> list[str]:
