@@ -1,5 +1,5 @@
 """Regularisation sweep of the compressed-sensing baselines (L1-wavelet, TV) and CG-SENSE:
-how the defaults of :class:`oes_mri.methods.MethodSettings` were chosen.
+how the default weights of :mod:`oes_mri.methods.classical` were chosen.
 
     python benchmarks/lambda_sweep.py          # about 5 min on 2 CPU cores
 
@@ -21,11 +21,10 @@ from pathlib import Path
 from quality import default_files, prepare, score
 
 from oes_mri.atomic import atomic_write_bytes
-from oes_mri.methods import MethodSettings, run_method
+from oes_mri.methods import make
 
 ROOT = Path(__file__).resolve().parent
 GRID = {"l1": [3e-4, 1e-3, 2e-3, 3e-3, 1e-2], "tv": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2], "sense": [1e-3, 1e-2, 3e-2, 1e-1]}
-FIELD = {"l1": "l1_lambda", "tv": "tv_lambda", "sense": "cg_lambda"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,18 +41,17 @@ def main(argv: list[str] | None = None) -> None:
             case = prepare(f, a)
             for method, grid in GRID.items():
                 for lam in grid:
-                    settings = MethodSettings(**{FIELD[method]: lam})
                     t = time.perf_counter()
-                    res = run_method(method, case.x, settings)
+                    res = make(method, tune=False, lamda=lam).reconstruct_batch([case.x])[0]
                     nmse, psnr, ssim = score(case, res.image)
                     rows.append({"data": case.name, "accel": case.accel, "method": method, "lambda": lam,
                                  "psnr": psnr, "ssim": ssim, "nmse": nmse, "seconds": time.perf_counter() - t})
                     print(f"  {case.name} {a:g}x {method} {lam:g}: {psnr:.2f} dB {ssim:.3f}", flush=True)
-    default = MethodSettings()
+    sense, l1, tv = (make(m) for m in ("sense", "l1", "tv"))
     md = ["# Regularisation sweep (CG-SENSE, L1-wavelet, TV)\n",
           f"Command: `{' '.join(['python', 'benchmarks/' + Path(argv[0]).name, *argv[1:]])}`\n",
-          f"Defaults in `MethodSettings`: CG-SENSE lambda {default.cg_lambda:g} ({default.cg_iters} it.), "
-          f"L1-wavelet {default.l1_lambda:g}, TV {default.tv_lambda:g} ({default.cs_iters} it.); lambda relative "
+          f"Defaults in `oes_mri.methods`: CG-SENSE lambda {sense.lamda:g} ({sense.iters} it.), "
+          f"L1-wavelet {l1.lamda:g}, TV {tv.lamda:g} ({tv.iters} it.); lambda relative "
           "to max |A^H y|. Bold: best PSNR per case and method.\n",
           "| data | accel | method | lambda | PSNR | SSIM | NMSE | s |", "|---|---|---|---|---|---|---|---|"]
     best = {}

@@ -30,6 +30,8 @@ import json
 import platform
 import sys
 import time
+import types
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +40,11 @@ import torch
 from oes_mri.atomic import atomic_write_bytes
 from oes_mri.data.volumes import read_info
 from oes_mri.data.sample import cache_dir, sample_path
-from oes_mri.methods import METHODS, MethodSettings, SliceInput, final_image, run_method
+from oes_mri.methods import METHODS, Reconstruction, final_image, make
 from oes_mri.metrics import volume_metrics
 from oes_mri.physics.coils import MapCache
-from oes_mri.pipeline import RunConfig
-from oes_mri.slices import prepare_slice, volume_sampling_mask
+from oes_mri.slices import Sampling, prepare_slice
+from oes_mri.solvers.sparse_dip import SliceData
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.config import DipConfig, PruningConfig
 
@@ -56,12 +58,31 @@ ABLATIONS = ["oes.lr=0.1", "pruning.steps=300", "fit.lr=0.03", "pruning.min_laye
              "pruning.scope=conv+out"]                 # OES variants on the main case, default steps
 
 
+def field_type(key: str) -> type:
+    """The declared type of the :class:`DipConfig` setting ``key`` (``"fit.lr"``, ``"seed"``);
+    of an optional setting (``int | None``), the type it takes when set.
+
+    Raises:
+        ValueError: an unknown setting.
+    """
+    section, _, name = key.rpartition(".")
+    obj = getattr(DipConfig(), section, None) if section else DipConfig()
+    hints = typing.get_type_hints(type(obj)) if dataclasses.is_dataclass(obj) else {}
+    if name not in hints:
+        raise ValueError(f"unknown setting {key!r}")
+    hint = hints[name]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):        # X | None -> X
+        kinds = [t for t in typing.get_args(hint) if t is not type(None)]
+        return kinds[0] if len(kinds) == 1 else hint
+    return typing.get_origin(hint) or hint                                 # tuple[int, ...] -> tuple
+
+
 def ablation(variant: str) -> dict:
     """``"section.field=value"`` -> ``{key: value}`` for :meth:`DipConfig.updated` (value typed
-    by the field's default)."""
+    by the field's declaration)."""
     name, _, value = variant.partition("=")
     try:
-        kind = DipConfig().field_type(name)
+        kind = field_type(name)
     except ValueError:
         kind = None
     if kind not in (int, float, str, bool) or not value:
@@ -81,7 +102,7 @@ class Case:
     name: str
     accel_nominal: float
     accel: float
-    x: SliceInput
+    x: SliceData
     target: np.ndarray
 
 
@@ -95,7 +116,7 @@ def prepare(path: Path, accel: float, device: torch.device = torch.device("cpu")
     """The middle slice of ``path`` under the CLI's default fastMRI random mask, on ``device``
     (``readout``: as ``prepare_slice``; "full" for the rows made before readout cropping)."""
     info = read_info(path)
-    smask = volume_sampling_mask(info, RunConfig(data=path, out=Path("."), methods=[], accel=accel))
+    smask = Sampling(accel=accel).mask(info)
     ms = prepare_slice(info, smask, info.num_slices // 2, device, MapCache(cache_dir() / "maps"), readout,
                        mask_seed="None", accel=accel, cf=None)
     return Case(path.stem, accel, round(smask.acceleration, 2), ms.x, ms.target)
@@ -143,7 +164,14 @@ class Rows:
         return row
 
 
-def run_row(rows: Rows, experiment: str, case: Case, method: str, variant: str, settings: MethodSettings,
+def run_method(method: str, x: SliceData, dip: DipConfig | None = None, weight_mask: WeightMask | None = None,
+               score=None, progress=None, tune: bool = True) -> Reconstruction:
+    """Method ``method`` (with the shared settings ``dip``) on one slice; ``score``: its curves."""
+    return make(method, dip, tune).reconstruct_batch([x], weight_mask=weight_mask, progress=progress,
+                                                     scores=[score])[0]
+
+
+def run_row(rows: Rows, experiment: str, case: Case, method: str, variant: str, settings: DipConfig,
             weight_mask: WeightMask | None = None, keep_mask: dict | None = None) -> dict:
     """Run (or reuse) one reconstruction and record its metrics."""
     variant += rows.suffix
@@ -177,14 +205,12 @@ def run_row(rows: Rows, experiment: str, case: Case, method: str, variant: str, 
     return rows.add(row)
 
 
-def settings_for(args: argparse.Namespace, **dip: object) -> MethodSettings:
-    s = MethodSettings()
+def settings_for(args: argparse.Namespace, **dip: object) -> DipConfig:
     base = {"fit.steps": args.steps, "pruning.steps": args.mask_steps,
             "speed.cuda_graph": args.device.startswith("cuda")}
     for change in args.set:
         base.update(ablation(change))
-    s.dip = s.dip.updated({**base, **dip})
-    return s
+    return DipConfig().updated({**base, **dip})
 
 
 def experiments(args: argparse.Namespace, rows: Rows) -> None:
@@ -230,7 +256,7 @@ def table(args: argparse.Namespace, rows: Rows, case: Case, methods: list[str], 
     for m in methods:
         if m == "dip":
             for lr in lrs:
-                run_row(rows, "table", case, "dip", f"lr={lr:g}", settings_for(args, lr=lr))
+                run_row(rows, "table", case, "dip", f"lr={lr:g}", settings_for(args, **{"fit.lr": lr}))
         else:
             run_row(rows, "table", case, m, "default", settings_for(args), keep_mask=masks if m == "oes" else None)
 

@@ -25,7 +25,7 @@ import torch
 from oes_mri.atomic import atomic_write_bytes
 from oes_mri.data.sample import sample_image
 from oes_mri.data.simulate import write_fastmri_file
-from oes_mri.methods import MethodSettings
+from oes_mri.methods import make
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.pipeline import RunConfig, run
 from oes_mri.ray_runner import RayOptions, run_ray
@@ -60,8 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for label, opts in (("serial", None), ("Ray, 1 worker", RayOptions("local", 1)),
                         ("Ray, 2 workers", RayOptions("local", 2))):
-        cfg = RunConfig(data=data, out=work / label.replace(" ", "_").replace(",", ""), methods=["oes"],
-                        settings=MethodSettings(dip=dip))
+        cfg = RunConfig(data=data, out=work / label.replace(" ", "_").replace(",", ""), methods=[make("oes", dip)])
         t = time.perf_counter()
         recs = run(cfg) if opts is None else run_ray(cfg, opts)
         wall = time.perf_counter() - t

@@ -22,12 +22,26 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import prepare, score  # noqa: E402
+from quality import Case, prepare, run_method, score  # noqa: E402
 
 from oes_mri.atomic import atomic_write_bytes  # noqa: E402
 from oes_mri.data.sample import sample_path  # noqa: E402
-from oes_mri.methods import MethodSettings, run_method  # noqa: E402
+from oes_mri.data.volumes import read_info  # noqa: E402
+from oes_mri.physics.coils import estimate_maps  # noqa: E402
+from oes_mri.physics.fft import crop_readout  # noqa: E402
+from oes_mri.slices import Sampling  # noqa: E402
 from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig  # noqa: E402
+
+
+def prepare_crop_maps(path: Path, accel: float) -> Case:
+    """``crop-maps``: as ``crop``, with ESPIRiT run on the cropped k-space (measured here,
+    not the package's way)."""
+    case = prepare(path, accel, readout="full")
+    smask = Sampling(accel=accel).mask(read_info(path))
+    rows = case.x.recon_size[0]
+    y = crop_readout(case.x.kspace, rows)
+    maps = estimate_maps(y, smask._replace(acs=(slice(0, rows), smask.acs[1]))).maps
+    return Case(case.name, accel, case.accel, case.x._replace(kspace=y, maps=maps), case.target)
 
 OUT = Path(__file__).resolve().parent / "results" / "selfval" / "readout.md"
 
@@ -42,8 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args(argv)
     path = args.data or sample_path()
-    settings = MethodSettings(dip=DipConfig(validation=ValidationConfig(share=0.0)).updated({"fit.steps": args.steps}),
-                              tune=False)
+    dip = DipConfig(validation=ValidationConfig(share=0.0)).updated({"fit.steps": args.steps})
     lines = [f"# Readout oversampling: {path.name}", "",
              f"`python benchmarks/readout.py` ({platform.machine()}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} thread(s)); Sparse-DIP: {args.steps} fit steps, no hold-out, seed 0; "
@@ -51,10 +64,10 @@ def main(argv: list[str] | None = None) -> None:
              "| accel | readout | method | k-space (C, H, W) | PSNR | SSIM | s |", "|---|---|---|---|---|---|---|"]
     for accel in args.accels:
         for readout in args.readouts.split(","):
-            case = prepare(path, accel, readout=readout)
+            case = prepare_crop_maps(path, accel) if readout == "crop-maps" else prepare(path, accel, readout=readout)
             for m in args.methods.split(","):
                 t = time.perf_counter()
-                r = run_method(m, case.x, settings)
+                r = run_method(m, case.x, dip, tune=False)
                 seconds = time.perf_counter() - t
                 _, psnr, ssim = score(case, r.image)
                 lines.append(f"| {accel:g} | {readout} | {m} | {tuple(case.x.kspace.shape)} | {psnr:.2f} | {ssim:.3f} "

@@ -29,8 +29,11 @@ from quality import (Case, Rows, ablation, curve_score, default_files, prepare, 
                      settings_digest)
 
 from oes_mri.atomic import atomic_write_bytes  # noqa: E402
-from oes_mri.methods import LAMBDA_FACTORS, REGISTRY, MethodSettings, run_method  # noqa: E402
-from oes_mri.solvers import loop  # noqa: E402
+from quality import run_method  # noqa: E402
+from replay import replay as replay_rule  # noqa: E402
+
+from oes_mri.methods import LAMBDA_FACTORS, make  # noqa: E402
+from oes_mri.physics.operator import MultiCoilOp  # noqa: E402
 from oes_mri.solvers.loop import ValidationStop  # noqa: E402
 from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig  # noqa: E402
 
@@ -59,13 +62,13 @@ def run_generator(rows: Rows, part: str, case: Case, method: str, seed: int, ste
     The key ends with a hash of the full settings (defaults included): a row is reused only for
     the settings it was made with."""
     label = f"{label}|{settings}" if settings else label
-    s = MethodSettings(dip=DipConfig(seed=seed, validation=validation).updated(
-        {"fit.steps": steps, "fit.log_every": log_every, **parse_settings(settings)}))
-    key = f"{part}|{case.name}|{case.accel_nominal}|{method}|seed={seed}|{label}|cfg={settings_digest(s.dip)}"
+    dip = DipConfig(seed=seed, validation=validation).updated(
+        {"fit.steps": steps, "fit.log_every": log_every, **parse_settings(settings)})
+    key = f"{part}|{case.name}|{case.accel_nominal}|{method}|seed={seed}|{label}|cfg={settings_digest(dip)}"
     if rows.get(key):
         return rows.get(key)
     t = time.perf_counter()
-    res = run_method(method, case.x, s, score=curve_score(case))
+    res = run_method(method, case.x, dip, score=curve_score(case))
     seconds = time.perf_counter() - t
     nmse, psnr, ssim = score(case, res.image)
     h = res.history
@@ -90,14 +93,13 @@ def run_classical(rows: Rows, case: Case, method: str, validation: ValidationCon
     key = f"table|{case.name}|{case.accel_nominal}|{method}|{label}"
     if rows.get(key):
         return rows.get(key)
-    m = REGISTRY[method]
-    s = MethodSettings(dip=DipConfig(validation=validation))
+    m = make(method, DipConfig(validation=validation))
     t = time.perf_counter()
-    res = m.run(case.x, s)
+    res = m.reconstruct_batch([case.x])[0]
     seconds = time.perf_counter() - t
     nmse, psnr, ssim = score(case, res.image)
-    iters = getattr(s, m.iters_field)
-    grid = [score(case, m.solve(case.x.kspace, case.x.mask, case.x.maps, lam, iters).coil_images)[1:]
+    op = MultiCoilOp(case.x.mask, case.x.maps, case.x.recon_size)
+    grid = [score(case, m.solve(case.x.kspace, op, lam).coil_images)[1:]
             for lam in res.history["lambda_grid"]]
     fixed = grid[list(LAMBDA_FACTORS).index(1.0)]
     oracle = max(range(len(grid)), key=lambda i: grid[i][0])
@@ -118,9 +120,9 @@ def replay(vals: list[float], patience: int, informative: float, fallback: int, 
            smoothing: float = ValidationConfig.smoothing) -> tuple[int, int, str]:
     """The stopping rule on a recorded held-out curve: ``(chosen step, stop step, reason)``,
     decided every ``log_every`` steps by the rule the fit runs
-    (:class:`~oes_mri.solvers.loop.ValidationStop`, by :func:`oes_mri.solvers.loop.replay`)."""
+    (:class:`~oes_mri.solvers.loop.ValidationStop`, by :func:`replay.replay`)."""
     rule = ValidationStop(1, patience, informative, fallback, smoothing)
-    record, stop = loop.replay(vals, rule, log_every)
+    record, stop = replay_rule(vals, rule, log_every)
     return int(record.best_step), stop, rule.reason[0]
 
 
@@ -235,7 +237,7 @@ def report(rows: Rows, out: Path, patiences: list[int]) -> None:
         lines += ["## Baselines: lambda by held-out error", "",
                   "Each weight of the grid (the fixed weight x 0.1, 0.3, 1, 3, 10) solved on the fit set and "
                   "scored on the held-out set; the chosen weight solved again with every sample. 'fixed': the "
-                  "fixed weight of `MethodSettings`; 'oracle': the grid weight with the best PSNR against the "
+                  "fixed weight of `oes_mri.methods`; 'oracle': the grid weight with the best PSNR against the "
                   "target (reference only).", "",
                   "| data | accel | method | hold-out | chosen lambda | PSNR | SSIM | fixed PSNR | fixed SSIM "
                   "| oracle lambda | oracle PSNR | oracle SSIM | s |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
             for a in args.accels:
                 case = prepare(f, a)
                 for m in args.methods.split(","):
-                    if not REGISTRY[m].untrained:
+                    if not make(m).untrained:
                         run_classical(rows, case, m, validation, label)
                         continue
                     for seed in args.seeds:

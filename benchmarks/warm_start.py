@@ -34,7 +34,7 @@ from oes_mri.atomic import atomic_write_bytes
 from oes_mri.data.volumes import parse_slices
 from oes_mri.data.sample import sample_volume_path
 from oes_mri.metrics import slice_metrics
-from oes_mri.methods import MethodSettings
+from oes_mri.methods import make
 from oes_mri.pipeline import RunConfig, run
 from oes_mri.solvers.config import DipConfig, ValidationConfig, WarmStart
 from quality import settings_digest
@@ -56,8 +56,8 @@ def config(name: str, args: argparse.Namespace, data: Path) -> RunConfig:
         elif part.startswith("s"):
             changes["warm.steps"] = int(part[1:])
     dip = DipConfig(seed=args.seed).updated(changes)
-    return RunConfig(data=data, out=args.work / f"{name}_seed{args.seed}", methods=[args.method], accel=args.accel,
-                     settings=MethodSettings(dip=dip), device=args.device, overwrite=True,
+    return RunConfig(data=data, out=args.work / f"{name}_seed{args.seed}", methods=[make(args.method, dip)],
+                     accel=args.accel, device=args.device, overwrite=True,
                      readout="full" if name.endswith("-full") else "crop", slices=args.select)
 
 

@@ -30,12 +30,12 @@ from oes_mri.data.sample import cache_dir
 from oes_mri.data.volumes import list_volumes, load_slice, parse_slices, read_info
 from oes_mri.errors import InputError
 from oes_mri.fileid import file_identity
-from oes_mri.methods import REGISTRY, UNTRAINED, MethodResult, MethodSettings, Score, run_batch, run_method
+from oes_mri.methods import Reconstruction, Reconstructor, Score, make
 from oes_mri.metrics import slice_metrics, volume_metrics
 from oes_mri.physics.coils import MapCache
 from oes_mri.progress import Progress
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.slices import MeasuredSlice, center_fraction, prepare_slice, volume_sampling_mask
+from oes_mri.slices import MeasuredSlice, Sampling, prepare_slice
 from oes_mri.storage import (SliceResult, load_checkpoint, load_weights, out_lock, read_json, save_checkpoint,
                              save_weights, valid_checkpoint, write_metrics)
 
@@ -46,18 +46,21 @@ NIFTI = ".nii.gz"
 
 @dataclasses.dataclass
 class RunConfig:
-    """Everything a run needs (the CLI builds one)."""
+    """Everything a run needs (the CLI builds one).
+
+    ``methods``: method objects (:mod:`oes_mri.methods`), or names for their defaults
+    (``["oes", "sense", "zf"]``); ``data`` and ``out`` may be strings.
+    """
 
     data: Path
     out: Path
-    methods: list[str]
+    methods: list[Reconstructor]
     accel: float = 4.0
     center_fraction: float | None = None
     mask_kind: str = "auto"
     seed: int | None = None
     slices: str | None = None
     challenge: str | None = None
-    settings: MethodSettings = dataclasses.field(default_factory=MethodSettings)
     weight_mask: Path | None = None
     mask_per: str = "volume"
     device: str = "cpu"
@@ -66,19 +69,42 @@ class RunConfig:
     nifti: bool = False
     readout: str = "crop"
 
+    def __post_init__(self) -> None:
+        self.data, self.out = Path(self.data), Path(self.out)
+        self.methods = [make(m) if isinstance(m, str) else m for m in self.methods]
+        self.weight_mask = None if self.weight_mask is None else Path(self.weight_mask)
+
+    @property
+    def names(self) -> list[str]:
+        """The methods' names (their output folders), in order."""
+        return [m.name for m in self.methods]
+
+    def method(self, name: str) -> Reconstructor:
+        """The method object called ``name``."""
+        return next(m for m in self.methods if m.name == name)
+
+    @property
+    def mask_method(self) -> str | None:
+        """The method whose pruning mask is learned once per volume (or given), if any."""
+        return next((m.name for m in self.methods if m.volume_mask), None)
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(self.mask_kind, self.accel, self.center_fraction, self.seed)
+
     def fingerprint(self, method: str) -> dict:
         """The settings that determine a method's output (checked on resume)."""
+        m = self.method(method)
         fp = {"accel": self.accel, "center_fraction": self.center_fraction, "mask_kind": self.mask_kind,
-              "seed": self.seed, "challenge": self.challenge, "readout": self.readout,
-              **REGISTRY[method].fingerprint(self.settings)}
-        if method in UNTRAINED:
+              "seed": self.seed, "challenge": self.challenge, "readout": self.readout, **m.fingerprint()}
+        if m.untrained:
             fp.update(device=self.device, batch_slices=self.batch_slices)
-            if method == "oes":
-                fp.update(weight_mask=str(self.weight_mask) if self.weight_mask else None, mask_per=self.mask_per)
+        if m.volume_mask:
+            fp.update(weight_mask=str(self.weight_mask) if self.weight_mask else None, mask_per=self.mask_per)
         return json.loads(json.dumps(fp, default=str))
 
 
-def slice_result(method: str, index: int, source: str, res: MethodResult, seconds: float,
+def slice_result(method: str, index: int, source: str, res: Reconstruction, seconds: float,
                  keep_weights: bool = False) -> SliceResult:
     """What is kept of a method's result on one slice: the final image, curves, steps, lambda
     and, with ``keep_weights`` (a chained method), the fitted weights, on the host."""
@@ -120,7 +146,7 @@ class VolumeData:
             self.indices = parse_slices(cfg.slices, self.info.num_slices)
         except ValueError as err:
             raise InputError(path, str(err))
-        self.smask = volume_sampling_mask(self.info, cfg)
+        self.smask = cfg.sampling.mask(self.info)
         self.device = torch.device(cfg.device)
         self.maps_cache = MapCache(cache_dir() / "maps")
 
@@ -140,33 +166,33 @@ class VolumeData:
                              mask_seed=str(self.cfg.seed), accel=self.cfg.accel, cf=self.cfg.center_fraction)
 
     def given_mask(self) -> WeightMask | None:
-        """``--weight-mask``, checked against the architecture."""
+        """``--pruning-mask``, checked against the architecture of the method that uses it."""
         cfg = self.cfg
-        if cfg.weight_mask is None:
+        if cfg.weight_mask is None or cfg.mask_method is None:
             return None
         wm = WeightMask.load(cfg.weight_mask)
-        if wm.meta.get("arch") not in (None, cfg.settings.dip.arch.to_dict()):
+        arch = cfg.method(cfg.mask_method).config.arch.to_dict()
+        if wm.meta.get("arch") not in (None, arch):
             raise InputError(cfg.weight_mask, f"weight mask was made for architecture {wm.meta.get('arch')}, "
-                                              f"not {cfg.settings.dip.arch.to_dict()}")
+                                              f"not {arch}")
         return wm
 
     def learn_mask(self, progress: Progress | None = None) -> tuple[WeightMask, SliceResult]:
         """Sparse-DIP on the reference slice: the volume's OES mask and that slice's result."""
         progress = progress or Progress()
-        ref = self.reference_slice
+        ref, name = self.reference_slice, self.cfg.mask_method
+        method = self.cfg.method(name)
         ms = self.slice_input(ref)
         t = time.perf_counter()
-        res = run_method("oes", ms.x, self.cfg.settings, None,
-                         progress.fit(f"{self.info.path.name} slice {ref} oes", self.cfg.settings.dip.fit.steps),
-                         scorer(ms.target))
-        return res.weight_mask, slice_result("oes", ref, ms.x.source, res, time.perf_counter() - t,
-                                             self.chained("oes"))
+        res = method.reconstruct_batch([ms.x], progress=progress.fit(f"{self.info.path.name} slice {ref} {name}",
+                                                                     method.steps), scores=[scorer(ms.target)])[0]
+        return res.weight_mask, slice_result(name, ref, ms.x.source, res, time.perf_counter() - t,
+                                             self.chained(name))
 
     def chained(self, method: str) -> bool:
-        """``method``'s slices warm-start each other (:mod:`oes_mri.chain`): an untrained
-        generator, warm starts on, and dense or one pruning mask for the whole volume."""
-        shared = self.cfg.weight_mask is not None or self.cfg.mask_per == "volume"
-        return REGISTRY[method].warm_starts(self.cfg.settings, shared)
+        """``method``'s slices warm-start each other (:mod:`oes_mri.chain`): a warm-startable
+        method, with one pruning mask for the whole volume where it learns one."""
+        return self.cfg.method(method).chains(self.cfg.weight_mask is not None or self.cfg.mask_per == "volume")
 
     def reconstruct(self, todo: dict[str, list[int]], weight_mask: WeightMask | None,
                     progress: Progress | None = None, warm: Warm | None = None) -> Iterator[list[SliceResult]]:
@@ -211,10 +237,11 @@ class VolumeData:
              progress: Progress, inits: list | None = None) -> list[SliceResult]:
         """``method`` on the slices ``idx`` at once."""
         t = time.perf_counter()
-        fit_progress = (progress.fit(f"{self.info.path.name} slice {','.join(map(str, idx))} {method}",
-                                     self.cfg.settings.dip.fit.steps) if method in UNTRAINED else None)
-        results = run_batch(method, [inputs[i].x for i in idx], self.cfg.settings, weight_mask, fit_progress,
-                            [scorer(inputs[i].target) for i in idx], inits)
+        m = self.cfg.method(method)
+        fit_progress = (progress.fit(f"{self.info.path.name} slice {','.join(map(str, idx))} {method}", m.steps)
+                        if m.untrained else None)
+        results = m.reconstruct_batch([inputs[i].x for i in idx], weight_mask=weight_mask, progress=fit_progress,
+                                      scores=[scorer(inputs[i].target) for i in idx], inits=inits)
         seconds = (time.perf_counter() - t) / len(idx)
         keep = self.chained(method)
         return [slice_result(method, i, inputs[i].x.source, r, seconds, keep) for i, r in zip(idx, results)]
@@ -234,12 +261,12 @@ class VolumeRun(VolumeData):
         """The run's settings for ``method`` plus what this volume adds: the input file's
         identity, and for a volume-learned OES mask the slice it is learned on."""
         fp = dict(self.cfg.fingerprint(method), input=file_identity(self.info.path))
-        if method == "oes" and self.cfg.mask_per == "volume" and self.cfg.weight_mask is None:
+        if method == self.cfg.mask_method and self.cfg.mask_per == "volume" and self.cfg.weight_mask is None:
             fp["reference_slice"] = self.reference_slice
         return fp
 
     def _check_fingerprints(self) -> None:
-        for m in self.cfg.methods:
+        for m in self.cfg.names:
             fp_path = self.ckdir / m / "config.json"
             fp = self.fingerprint(m)
             final = self.final_path(m)
@@ -267,11 +294,11 @@ class VolumeRun(VolumeData):
 
     @property
     def mask_path(self) -> Path:
-        return self.ckdir / "oes" / "weight_mask.safetensors"
+        return self.ckdir / str(self.cfg.mask_method) / "weight_mask.safetensors"
 
     def needs_mask(self) -> bool:
         """The volume's OES mask is still to be learned."""
-        return ("oes" in self.cfg.methods and self.cfg.mask_per == "volume" and self.cfg.weight_mask is None
+        return (self.cfg.mask_method is not None and self.cfg.mask_per == "volume" and self.cfg.weight_mask is None
                 and not self.mask_path.exists())
 
     def save(self, r: SliceResult) -> None:
@@ -309,28 +336,29 @@ class VolumeRun(VolumeData):
         """The OES mask shared by the volume's slices (learned here if needed), or a given one."""
         if self.cfg.weight_mask is not None:
             return self.given_mask()
-        if "oes" not in self.cfg.methods or self.cfg.mask_per != "volume":
+        if self.cfg.mask_method is None or self.cfg.mask_per != "volume":
             return None
         if not self.needs_mask():
             return WeightMask.load(self.mask_path)
         t = time.perf_counter()
         wm, ref_result = self.learn_mask(self.progress)
         self.save_mask(wm, ref_result)
-        self.progress.done(f"{self.info.path.name} slice {self.reference_slice} oes (volume mask)",
+        self.progress.done(f"{self.info.path.name} slice {self.reference_slice} {self.cfg.mask_method} (volume mask)",
                            time.perf_counter() - t)
         return wm
 
     def todo(self) -> dict[str, list[int]]:
         """Slices without a valid checkpoint, per method (an invalid one is removed, with a warning)."""
-        return {m: [i for i in self.indices if not valid_checkpoint(self.checkpoint(m, i))] for m in self.cfg.methods}
+        return {m: [i for i in self.indices if not valid_checkpoint(self.checkpoint(m, i))] for m in self.cfg.names}
 
     def run(self) -> list[dict]:
         """Reconstruct every missing (slice, method), then write the volume's outputs."""
         todo = self.todo()
         self.progress.volume(self.info.path.name, sum(map(len, todo.values())))
         wm = self.weight_mask()
-        if self.cfg.mask_per == "volume" and "oes" in todo:      # the reference slice was just checkpointed
-            todo["oes"] = [i for i in todo["oes"] if not self.checkpoint("oes", i).exists()]
+        mm = self.cfg.mask_method
+        if self.cfg.mask_per == "volume" and mm in todo:      # the reference slice was just checkpointed
+            todo[mm] = [i for i in todo[mm] if not self.checkpoint(mm, i).exists()]
         for results in self.reconstruct(todo, wm, self.progress, self.warm_weights(todo)):
             for r in results:
                 self.save(r)
@@ -341,7 +369,7 @@ class VolumeRun(VolumeData):
     def finish(self) -> list[dict]:
         """Write the final files and return the metric records (every checkpoint must exist)."""
         target = self.targets()
-        records = [self._finish(m, target) for m in self.cfg.methods]
+        records = [self._finish(m, target) for m in self.cfg.names]
         self.progress.volume_done()
         return records
 
@@ -362,7 +390,7 @@ class VolumeRun(VolumeData):
         nmse = psnr = ssim = None
         if target is not None:
             nmse, psnr, ssim = volume_metrics(target, recon)
-        cf = center_fraction(self.cfg, self.info, self.smask)
+        cf = self.cfg.sampling.center_fraction_of(self.info, self.smask)
         return {"file": str(self.info.path), "method": method, "acceleration": self.smask.acceleration,
                 "center_fraction": cf, "slices": len(self.indices), "nmse": nmse, "psnr": psnr, "ssim": ssim,
                 "seconds": seconds, "steps": steps or None,

@@ -78,7 +78,7 @@ def _reconstruct(path: Path, cfg: RunConfig, todo: dict[str, list[int]],
     if isinstance(mask, tuple):
         wm, ref = mask
         if ref.weights is not None:
-            warm.setdefault("oes", {})[ref.index] = ref.weights
+            warm.setdefault(ref.method, {})[ref.index] = ref.weights
     else:
         wm = mask
     vol = VolumeData(path, cfg)
@@ -185,25 +185,25 @@ def _run_locked(ray, cfg: RunConfig, opts: RayOptions, files: list, progress: Pr
 
 def _submit(ray, v: _Volume, todo: dict[str, list[int]], learn, recon, pending: dict) -> None:
     """Submit a volume's mask task (if needed) and its slice tasks (``todo``: :meth:`VolumeRun.todo`)."""
-    run = v.run
+    run, mm = v.run, v.run.cfg.mask_method
     mask = None
     if run.needs_mask():
         mask = learn.remote(run.info.path, run.cfg)
         pending[mask] = (v, "mask")
         v.pending += 1
-        todo["oes"] = [i for i in todo["oes"] if i != run.reference_slice]
-    elif "oes" in todo and todo["oes"]:
+        todo[mm] = [i for i in todo[mm] if i != run.reference_slice]
+    elif mm is not None and todo.get(mm):
         mask = ray.put(run.weight_mask())
     chained = {m: idx for m, idx in todo.items() if idx and run.chained(m)}
     for batch in run.batches():
         part = {m: [i for i in batch if i in idx] for m, idx in todo.items() if m not in chained}
         part = {m: idx for m, idx in part.items() if idx}
         if part:
-            ref = recon.remote(run.info.path, run.cfg, part, mask if "oes" in part else None)
+            ref = recon.remote(run.info.path, run.cfg, part, mask if mm in part else None)
             pending[ref] = (v, "slices")
             v.pending += 1
     if chained:
-        ref = recon.remote(run.info.path, run.cfg, chained, mask if "oes" in chained else None,
+        ref = recon.remote(run.info.path, run.cfg, chained, mask if mm in chained else None,
                            run.warm_weights(chained))
         pending[ref] = (v, "chain")
         v.pending += 1

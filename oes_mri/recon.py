@@ -124,8 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="std of noise added to the generator input at every fit step (DIP's reg_noise_std, "
                    "e.g. 0.033; default 0 = off; fits eagerly, without CUDA graphs)")
     g.add_argument("--dip-penalty", type=float, default=FitConfig.penalty, metavar="LAMBDA",
-                   help="hybrid prior: a wavelet L1 penalty on the generator's image, weight in --l1-lambda's "
-                   "units (default %(default)g; 0 = off)")
+                   help="hybrid prior: a wavelet L1 penalty on the generator's image, weight in the units of "
+                   "the L1-wavelet baseline's lambda (default %(default)g; 0 = off)")
     g.add_argument("--compile", action="store_true", help="torch.compile the generator (see benchmarks/speed.py)")
     g.add_argument("--amp", action="store_true",
                    help="bf16 autocast for the generator, FFTs and data term in fp32 (for CUDA)")
@@ -207,7 +207,7 @@ def resolve_device(spec: str, remote: bool = False) -> str:
 def make_config(args: argparse.Namespace):
     """Validate the options and build a :class:`oes_mri.pipeline.RunConfig`."""
     from oes_mri.data.sample import sample_path
-    from oes_mri.methods import MethodSettings, parse_methods
+    from oes_mri.methods import make, parse_methods
     import torch
 
     from oes_mri.pipeline import RunConfig
@@ -236,11 +236,10 @@ def make_config(args: argparse.Namespace):
     except ValueError as err:
         raise InputError(None, f"--cuda-graph: {err}")
     dip = dip_config(args, steps, graph)
-    return RunConfig(data=args.data or sample_path(), out=args.out, methods=methods, accel=args.accel,
+    return RunConfig(data=args.data or sample_path(), out=args.out,
+                     methods=[make(name, dip, args.tune_lambda) for name in methods], accel=args.accel,
                      center_fraction=args.center_fraction, mask_kind=args.mask_kind, seed=args.seed,
-                     slices=args.slices, challenge=args.challenge,
-                     settings=MethodSettings(dip=dip, tune=args.tune_lambda),
-                     weight_mask=args.weight_mask, mask_per=args.mask_per, device=device,
+                     slices=args.slices, challenge=args.challenge, weight_mask=args.weight_mask, mask_per=args.mask_per, device=device,
                      overwrite=args.overwrite, batch_slices=args.batch_slices,
                      nifti="nifti" in (args.save or ()), readout=args.readout)
 
@@ -299,10 +298,12 @@ def _figures(vol, records: list[dict]) -> list[str]:
     from oes_mri.solvers.combine import zero_filled_rss
 
     images = {"zero-filled": zero_filled_rss(x.kspace, x.recon_size).cpu().numpy()}
+    from oes_mri.methods import ZeroFilled
+
     curves = {}
-    for m in vol.cfg.methods:
+    for m in vol.cfg.names:
         ck = load_checkpoint(vol.checkpoint(m, index))
-        if m != "zf":
+        if not isinstance(vol.cfg.method(m), ZeroFilled):      # shown once, as "zero-filled"
             images[m] = ck["image"]
         curves[m] = report.FitCurves(ck["curve"], ck["vals"], int(ck["steps"][1]) if ck["steps"].size else None)
     files = [f"figures/{name}_slice{index}.png", f"figures/{name}_mask.png"]

@@ -3,7 +3,7 @@ import pytest
 import torch
 from fastmri.data.subsample import create_mask_for_mask_type
 
-from oes_mri.physics.masks import (fastmri_mask, find_acs, make_mask, mask_from_array,
+from oes_mri.physics.masks import (fastmri_mask, find_acs, make_sampling_mask, mask_from_array,
                                    poisson_mask, volume_seed)
 
 
@@ -48,7 +48,7 @@ def test_poisson_mask():
     assert 2.5 < m.acceleration < 6
     assert m.acs_height >= 12 and m.acs_width >= 12
     assert torch.equal(m.mask, poisson_mask((64, 60), 4, calib=(12, 12), seed=2).mask)
-    assert make_mask("poisson", (64, 60), 4, seed=(1, 2)).mask.shape == (64, 60)
+    assert make_sampling_mask("poisson", (64, 60), 4, seed=(1, 2)).mask.shape == (64, 60)
 
 
 def test_mask_from_array_1d_and_2d():

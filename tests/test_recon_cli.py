@@ -244,7 +244,7 @@ def _dip_config(tmp_path, *args):
     """The DipConfig the CLI builds from ``args``."""
     from oes_mri.recon import build_parser, make_config
 
-    return make_config(build_parser().parse_args(["--out", str(tmp_path), *args])).settings.dip
+    return make_config(build_parser().parse_args(["--out", str(tmp_path), *args])).method("oes").config
 
 
 def _get(cfg, key: str):

@@ -18,9 +18,11 @@ from oes_mri.physics.coils import lowres_maps
 from oes_mri.physics.fft import fft2c
 from oes_mri.physics.holdout import split_mask
 from oes_mri.physics.masks import fastmri_mask, find_acs, poisson_mask
+from oes_mri.physics.operator import MultiCoilOp
 from oes_mri.solvers.classical import cg_sense
 from oes_mri.solvers.combine import dc_rss
-from oes_mri.solvers.loop import Record, ValidationStop, replay
+from benchmarks.replay import replay
+from oes_mri.solvers.loop import Record, ValidationStop
 from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig, reconstruct_dip, reconstruct_dip_batch
 from oes_mri.solvers.tuning import choose_lambda
 from tests.conftest import phantom_image
@@ -191,10 +193,10 @@ def test_held_out_lambda_is_near_the_oracle(snr):
     y = k * m.mask + 0.0
     maps = lowres_maps(y, m.acs)
     grid = [1e-4, 1e-3, 1e-2, 1e-1, 1.0]
-    choice = choose_lambda(lambda kk, mm, lam: cg_sense(kk, mm, maps, lam, 50), y,
+    choice = choose_lambda(lambda kk, mm, lam: cg_sense(kk, MultiCoilOp(mm, maps), lam, 50), y,
                            split_mask(m.mask, tuple(k.shape[-2:]), 0.2, "points", seed=0), grid)
     psnr = {lam: slice_metrics(sim["reconstruction_rss"][0],
-                               dc_rss(cg_sense(y, m.mask, maps, lam, 50).coil_images, y, m.mask,
+                               dc_rss(cg_sense(y, MultiCoilOp(m.mask, maps), lam, 50).coil_images, y, m.mask,
                                       sim["recon"]).numpy())[0] for lam in grid}
     best = max(psnr.values())
     assert psnr[choice.lamda] > best - 0.5

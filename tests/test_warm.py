@@ -63,13 +63,15 @@ def volume5(tmp_path_factory):
 
 def _recorded_chain(monkeypatch):
     """Record what the pipeline hands each (method, slices) call: the warm starts."""
-    calls, real = [], pipeline.run_batch
+    from oes_mri.methods.untrained import Untrained
 
-    def spy(method, xs, settings, wm, progress, scores, inits):
-        results = real(method, xs, settings, wm, progress, scores, inits)
-        calls.append((method, [x.source.split(":")[1] for x in xs], inits, results))
+    calls, real = [], Untrained.reconstruct_batch
+
+    def spy(self, xs, **kw):
+        results = real(self, xs, **kw)
+        calls.append((self.name, [x.source.split(":")[1] for x in xs], kw["inits"], results))
         return results
-    monkeypatch.setattr(pipeline, "run_batch", spy)
+    monkeypatch.setattr(Untrained, "reconstruct_batch", spy)
     return calls
 
 
@@ -129,14 +131,14 @@ def test_simulated_volume_changes_from_slice_to_slice():
 def test_which_methods_chain():
     """DIP always, OES with one mask for the volume, never the per-slice pruning baselines or
     the classical methods, and nothing with --no-warm-start."""
-    from oes_mri.methods import REGISTRY, MethodSettings
+    from oes_mri.methods import make
+    from oes_mri.solvers.config import DipConfig
 
-    on, off = MethodSettings(), MethodSettings()
-    off.dip = off.dip.updated({"warm.enabled": False})
-    assert REGISTRY["dip"].warm_starts(on, False) and REGISTRY["oes"].warm_starts(on, True)
-    assert not REGISTRY["oes"].warm_starts(on, False)
-    assert not any(REGISTRY[m].warm_starts(on, True) for m in ("random", "snip", "imp", "sense", "l1", "zf"))
-    assert not any(REGISTRY[m].warm_starts(off, True) for m in ("dip", "oes"))
+    on, off = DipConfig(), DipConfig().updated({"warm.enabled": False})
+    assert make("dip", on).chains(False) and make("oes", on).chains(True)
+    assert not make("oes", on).chains(False)
+    assert not any(make(m, on).chains(True) for m in ("random", "snip", "imp", "sense", "l1", "zf"))
+    assert not any(make(m, off).chains(True) for m in ("dip", "oes"))
 
 
 def test_volume_phase_changes_smoothly():

@@ -23,7 +23,6 @@ from oes_mri.data.fastmri_io import Volume, VolumeInfo, check_kspace
 from oes_mri.data.rawscan import RawScan, rss_target, volume_info
 from oes_mri.errors import InputError
 
-FORMATS = ("fastmri", "ismrmrd", "twix")
 SUFFIXES = (".h5", ".hdf5", ".mrd", ".dat")
 
 
@@ -69,15 +68,6 @@ def _scan(stamp: tuple[str, int, int], fmt: str) -> RawScan:
     from oes_mri.data.twix_io import read_twix
 
     return read_twix(path)
-
-
-def read_scan(path: str | os.PathLike) -> RawScan:
-    """A scanner file (ISMRMRD or twix) in the fastMRI layout."""
-    path = Path(path)
-    fmt = detect(path)
-    if fmt == "fastmri":
-        raise InputError(path, "is a fastMRI file, not scanner raw data")
-    return _scan(_stamp(path), fmt)
 
 
 def read_info(path: str | os.PathLike, challenge: str | None = None) -> VolumeInfo:

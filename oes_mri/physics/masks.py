@@ -202,7 +202,7 @@ def mask_from_array(array: np.ndarray | torch.Tensor, shape: tuple[int, int],
     return SamplingMask(m, _realised_acceleration(m), find_acs(m, shape), "file")
 
 
-def make_mask(
+def make_sampling_mask(
     kind: str,
     shape: tuple[int, int],
     acceleration: float,

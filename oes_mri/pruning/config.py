@@ -1,5 +1,5 @@
 """How a generator is pruned at initialisation: :class:`PruningConfig` (which mask, how dense,
-where), :class:`OesConfig` (OES mask learning), and :func:`make_mask`, the one place that turns
+where), :class:`OesConfig` (OES mask learning), and :func:`make_pruning_mask`, the one place that turns
 them into a :class:`~oes_mri.pruning.weightmask.WeightMask`."""
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ class OesConfig:
         require(self.estimator in ESTIMATORS, f"OES estimator {self.estimator!r}: one of {', '.join(ESTIMATORS)}")
 
 
-def make_mask(pruning: PruningConfig, oes: OesConfig, gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor],
+def make_pruning_mask(pruning: PruningConfig, oes: OesConfig, gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor],
               train: Callable[[nn.Module, WeightMask | None], None], seed: int,
               meta: dict) -> tuple[WeightMask | None, list[float]]:
     """The pruning mask of ``gen`` at its initialisation.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from oes_mri.physics.fft import center_crop, fft2c, ifft2c, rss
-from oes_mri.physics.sense import data_consistency
+from oes_mri.physics.operator import data_consistency
 
 
 def dc_rss(coil_images: torch.Tensor, kspace: torch.Tensor, mask: torch.Tensor,

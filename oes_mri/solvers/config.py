@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -21,6 +19,7 @@ from oes_mri.optim import LR_SCHEDULES
 from oes_mri.physics.holdout import SHAPES, KspaceSplit, split_mask
 from oes_mri.pruning.config import PRUNINGS, OesConfig, PruningConfig, require
 from oes_mri.solvers.loop import ValidationStop
+from oes_mri.solvers.tuning import LambdaChoice, Solver, choose_lambda
 
 OUTPUTS = ("best", "last", "ema")
 
@@ -121,9 +120,6 @@ class ValidationConfig:
             step cap, i.e. the fixed budget a fit without hold-out would run).
         folds: K fits on K different splits (seeds), their images averaged (K > 1 fits
             them as one batch).
-        refit: after each held-out fit, fit the same initial generator (and pruning mask) to
-            every measured sample for as many steps as the hold-out chose, and return that
-            (wins back what the hold-out takes from the fit, at up to twice the steps).
     """
 
     share: float = 0.1
@@ -133,7 +129,6 @@ class ValidationConfig:
     smoothing: float = 25.0
     fallback_steps: int | None = None
     folds: int = 1
-    refit: bool = False
 
     def __post_init__(self) -> None:
         require(0.0 <= self.share < 1.0, f"validation share must be in [0, 1), got {self.share}")
@@ -152,6 +147,13 @@ class ValidationConfig:
         """The held-out split of fold ``fold`` (seeded by ``seed`` and the fold)."""
         kind = self.shape if mask.shape[0] == 1 else "points"
         return split_mask(mask, shape, self.share, kind, seed=1_000_003 * fold + seed)
+
+    def choose(self, solve: Solver, kspace: torch.Tensor, mask: torch.Tensor, seed: int,
+               grid: Sequence[float]) -> LambdaChoice:
+        """The weight of ``grid`` whose solution on the fit set (fold 0, seeded by ``seed``)
+        best predicts the held-out samples (:func:`~oes_mri.solvers.tuning.choose_lambda`): the
+        lambda grids of the classical methods use the split the generator fits stop on."""
+        return choose_lambda(solve, kspace, self.split(mask, tuple(kspace.shape[-2:]), seed), grid)
 
     def rule(self, slices: int) -> ValidationStop | None:
         """The stopping rule for ``slices`` fits, or ``None`` when off."""
@@ -261,17 +263,3 @@ class DipConfig:
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **top)
-
-    def field_type(self, key: str) -> type:
-        """The declared type of the setting ``key`` (as in :meth:`updated`); of an optional
-        setting (``int | None``), the type it takes when set."""
-        section, _, name = key.rpartition(".")
-        obj = getattr(self, section, None) if section else self
-        hints = typing.get_type_hints(type(obj)) if dataclasses.is_dataclass(obj) else {}
-        if name not in hints:
-            raise ValueError(f"unknown setting {key!r}")
-        hint = hints[name]
-        if typing.get_origin(hint) in (typing.Union, types.UnionType):        # X | None -> X
-            kinds = [t for t in typing.get_args(hint) if t is not type(None)]
-            return kinds[0] if len(kinds) == 1 else hint
-        return typing.get_origin(hint) or hint                                 # tuple[int, ...] -> tuple

@@ -1,7 +1,7 @@
 """The fit loop shared by dense DIP and Sparse-DIP, and the k-space problem it fits.
 
-Problem: measured k-space ``y`` ``(C, H, W)``, mask ``M``, operator ``A`` (``SenseOp`` with
-maps, or ``CoilOp`` for sensitivity-free fitting). The data is scaled to the generator's
+Problem: measured k-space ``y`` ``(C, H, W)``, mask ``M``, operator ``A``
+(:class:`~oes_mri.physics.operator.MultiCoilOp`: SENSE with maps, per-coil without). The data is scaled to the generator's
 output at init, ``y_s = s y`` with ``s = ||G(z)|| / ||A^H y||`` (ConvDecoder's rule; without
 it mask learning shrinks the output and pruning removes whole layers), and the loss is the
 normalised data term ``||A G(z) - y_s||^2 / ||y_s||^2``. Images are divided by ``s`` after.
@@ -25,7 +25,7 @@ from torch import nn
 
 from oes_mri.optim import fit_optimizer
 from oes_mri.physics.holdout import KspaceSplit
-from oes_mri.physics.sense import CoilOp, SenseOp
+from oes_mri.physics.operator import MultiCoilOp
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.loop import FitDiverged, StopRule, check_finite, make_record, run_steps  # noqa: F401 (FitDiverged: API)
 
@@ -39,8 +39,8 @@ class KspaceProblem(NamedTuple):
 
     Attributes:
         y: scaled measured k-space ``s * y``, ``(C, H, W)`` (every measured sample).
-        op: ``SenseOp`` (generator makes 1 image) or ``CoilOp`` (C coil images), with the
-            measured mask.
+        op: the operator with the measured mask: SENSE (the generator makes 1 image) or
+            per coil (C coil images).
         scale: ``s``; divide generator images by it to return to the data's scale.
         y_norm2: ``||M_fit s y||^2``.
         fit_mask: ``M_fit`` (``None``: every measured sample is fitted).
@@ -49,7 +49,7 @@ class KspaceProblem(NamedTuple):
     """
 
     y: torch.Tensor
-    op: nn.Module
+    op: MultiCoilOp
     scale: float
     y_norm2: torch.Tensor
     fit_mask: torch.Tensor | None = None
@@ -58,7 +58,7 @@ class KspaceProblem(NamedTuple):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``A`` applied to generator output ``(K, H, W)``."""
-        return self.op(images[0]) if isinstance(self.op, SenseOp) else self.op(images)
+        return self.op(images[0] if self.op.sense else images)
 
     def _error(self, images: torch.Tensor) -> torch.Tensor:
         r = self.forward(images) - self.y
@@ -79,8 +79,7 @@ class KspaceProblem(NamedTuple):
 
     def coil_images(self, images: torch.Tensor) -> torch.Tensor:
         """Coil images ``(C, H, W)`` on the data's scale (``S x / s`` or ``x_c / s``)."""
-        coils = self.op.coil_images(images[0]) if isinstance(self.op, SenseOp) else images
-        return coils / self.scale
+        return self.op.coil_images(images[0] if self.op.sense else images) / self.scale
 
 
 def make_problem(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | None,
@@ -88,8 +87,8 @@ def make_problem(kspace: torch.Tensor, mask: torch.Tensor, maps: torch.Tensor | 
     """Build the scaled problem for a generator whose output at init is ``init_output``;
     with ``split``, only ``split.fit`` is fitted and ``split.val`` is held out (the scale
     ``s`` comes from the fit set)."""
-    def operator(m: torch.Tensor) -> nn.Module:
-        return (SenseOp(maps, m) if maps is not None else CoilOp(m)).to(kspace.device)
+    def operator(m: torch.Tensor) -> MultiCoilOp:
+        return MultiCoilOp(m, maps).to(kspace.device)
 
     fit_mask = split.fit.to(kspace.device) if split is not None else mask
     op = operator(mask)
@@ -207,7 +206,7 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         schedule: learning-rate schedule over the ``steps``, "constant" or "cosine" (decays to 0;
             :func:`oes_mri.optim.lr_schedule`).
         stop: a stopping rule for the one slice (:class:`~oes_mri.solvers.loop.ValidationStop`
-            or the refit's ``StepBudget``), checked every ``log_every`` steps.
+            or another :class:`~oes_mri.solvers.loop.StopRule`), checked every ``log_every`` steps.
 
     Raises:
         FitDiverged: a NaN/Inf loss (the caller retries with a smaller learning rate).
@@ -235,6 +234,7 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         info = {"loss": check_finite(loss, i)[0]}
         if record.vals is not None:
             info["val"] = float(record.vals[i - 1])
+            info["val_smoothed"] = float(record.score)      # what the stopping rule reads
         done = stop is not None and stop(record, i, out, last=i == steps)
         if monitor is not None and input_jitter:
             with torch.no_grad():

@@ -15,7 +15,7 @@ what a fit does; the Adam used under a graph is built with ``capturable=True``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
@@ -162,40 +162,6 @@ class ValidationStop(StopRule):
             elif last or fallback:
                 self._stop(record, b, step, "fallback", out)
         return self.all_stopped()
-
-
-class StepBudget(StopRule):
-    """Stop each slice at its own step budget (at the first log step at or after it); its
-    chosen iterate is its output there (reason ``"budget"``). The refit of self-validation:
-    every sample fitted for as many steps as the held-out fit chose."""
-
-    def __init__(self, budgets: list[int]) -> None:
-        super().__init__(len(budgets))
-        self.budgets = list(budgets)
-
-    def __call__(self, record: Record, step: int, out: torch.Tensor, last: bool = False) -> bool:
-        for b, budget in enumerate(self.budgets):
-            if self.stop_step[b] is None and (step >= budget or last):
-                self._stop(record, b, step, "budget", out)
-        return self.all_stopped()
-
-
-def replay(vals: Sequence[float], rule: StopRule, log_every: int) -> tuple[Record, int]:
-    """A stopping rule on a recorded held-out curve, decided as a fit decides it: each value
-    fed to the :class:`Record` the fit keeps (:func:`make_record`), the rule asked every
-    ``log_every`` steps and at the last. Each step's output is its step number (shape
-    ``(1,)``), so ``record.best`` is the chosen step too.
-
-    Returns:
-        The record and the step the rule stopped at (``len(vals)`` at the cap).
-    """
-    record = make_record(len(vals), rule)
-    for i, v in enumerate(vals, 1):
-        out = torch.tensor([float(i)])
-        record.update(out, torch.zeros(()), torch.tensor(float(v)))
-        if (i % log_every == 0 or i == len(vals)) and rule(record, i, out, last=i == len(vals)):
-            return record, i
-    return record, len(vals)
 
 
 class FitDiverged(RuntimeError):

@@ -21,13 +21,11 @@ import torch
 from torch import nn
 
 from oes_mri.nets.generator import build_generator
-from oes_mri.physics.sense import SenseOp
-from oes_mri.pruning.config import PRUNINGS, make_mask
+from oes_mri.pruning.config import PRUNINGS, make_pruning_mask
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.batched import fit_batched
 from oes_mri.solvers.config import DipConfig, ValidationConfig
 from oes_mri.solvers.dip import FitDiverged, FitResult, KspaceProblem, fit, make_problem
-from oes_mri.solvers.loop import StepBudget, ValidationStop
 from oes_mri.solvers.penalty import penalised, penalty_weight
 
 Weights = dict[str, torch.Tensor]
@@ -50,7 +48,7 @@ class SliceData(NamedTuple):
     mask: torch.Tensor
     """sampling mask broadcastable to it"""
     maps: torch.Tensor | None
-    """coil maps ``(C, H, W)``, or ``None`` to fit coil images (``CoilOp``)"""
+    """coil maps ``(C, H, W)``, or ``None`` to fit coil images (:class:`~oes_mri.physics.operator.MultiCoilOp` per coil)"""
     recon_size: tuple[int, int]
     """``(rH, rW)`` of the output image"""
     source: str = ""
@@ -131,7 +129,7 @@ def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask |
     if wm is None:
         def train(g: nn.Module, m: WeightMask | None) -> None:      # IMP's rounds
             fit(g, problem.loss, cfg.pruning.steps, cfg.fit.lr, m, log_every=cfg.pruning.steps)
-        wm, mask_losses = make_mask(cfg.pruning, cfg.oes, gen, problem.loss, train, cfg.seed, meta)
+        wm, mask_losses = make_pruning_mask(cfg.pruning, cfg.oes, gen, problem.loss, train, cfg.seed, meta)
     return FitSetup(gen, problem, wm, mask_losses, time.perf_counter() - t0, _penalty(problem, cfg.fit.penalty))
 
 
@@ -160,13 +158,9 @@ def _output(cfg: DipConfig, st: FitSetup, res: FitResult, lr: float, fit_seconds
                "best_loss": res.best_loss, "lr": lr, "mask_seconds": st.mask_seconds,
                "fit_seconds": fit_seconds, "scale": problem.scale, "val_losses": res.val_losses,
                "best_step": res.best_step, "steps": res.steps, "stop": res.stop}
-    image = out[0] / problem.scale if isinstance(problem.op, SenseOp) else None
+    image = out[0] / problem.scale if problem.op.sense else None
     weights = {n: p.detach() for n, p in st.gen.named_parameters()}      # the generator is not used again
     return DipOutput(problem.coil_images(out), image, st.weight_mask, weights, history)
-
-
-def _rule(cfg: DipConfig, slices: int, budgets: list[int] | None) -> ValidationStop | StepBudget | None:
-    return StepBudget(budgets) if budgets is not None else cfg.validation.rule(slices)
 
 
 def warm_config(cfg: DipConfig) -> DipConfig:
@@ -193,11 +187,11 @@ class Job(NamedTuple):
     init: Weights | None = None
 
 
-def _fit_one(job: Job, cfg: DipConfig, progress, budget: int | None = None) -> DipOutput:
-    """One eager fit (``budget``: the refit's step count), retried from a fresh init at half
-    the learning rate when it diverges (a warm start is retried from the random init)."""
+def _fit_one(job: Job, cfg: DipConfig, progress) -> DipOutput:
+    """One eager fit, retried from a fresh init at half the learning rate when it diverges (a
+    warm start is retried from the random init)."""
     seed, lr, init = _init_seed(cfg, job.weight_mask), cfg.fit.lr, job.init
-    steps = cfg.fit.steps if budget is None else budget
+    steps = cfg.fit.steps
     for attempt in range(cfg.fit.retries + 1):
         st = setup_fit(job.x, cfg, seed, job.weight_mask, job.fold, init)
         t1 = time.perf_counter()
@@ -207,7 +201,7 @@ def _fit_one(job: Job, cfg: DipConfig, progress, budget: int | None = None) -> D
                       log_every=cfg.fit.log_every, monitor=_scaled(job.monitor, st.problem), progress=progress,
                       compile=cfg.speed.compile, amp=cfg.speed.amp, cuda_graph=cfg.speed.cuda_graph,
                       input_jitter=cfg.fit.input_jitter, jitter_seed=seed, schedule=cfg.fit.lr_schedule,
-                      stop=_rule(cfg, 1, None if budget is None else [budget]))
+                      stop=cfg.validation.rule(1))
             return _output(cfg, st, res, lr, time.perf_counter() - t1)
         except FitDiverged as err:
             if attempt == cfg.fit.retries:
@@ -258,8 +252,7 @@ def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_ma
     Each slice gets what :func:`reconstruct_dip` would give it (own generator from the same
     seed or its own ``inits`` entry, own scaling, own hold-out and stopping rule, own mask
     unless ``weight_mask`` is shared), up to rounding; with ``cfg.validation.folds`` K > 1,
-    its K folds are fitted in the same batch and averaged; with ``cfg.validation.refit``, each
-    fold is fitted again to every sample for the steps its hold-out chose (same init and mask).
+    its K folds are fitted in the same batch and averaged.
     If any fit diverges, every fit is redone one at a time with retries. Settings that are not
     batched (:attr:`DipConfig.batched`) are fitted one at a time.
     """
@@ -272,50 +265,29 @@ def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_ma
     for warm in (False, True):                    # cold and warm-started fits: their own settings
         idx = [i for i, j in enumerate(jobs) if (j.init is not None) == warm]
         if idx:
-            for i, o in zip(idx, _fit_group([jobs[i] for i in idx], warm_config(cfg) if warm else cfg, progress)):
+            for i, o in zip(idx, _fit_jobs([jobs[i] for i in idx], warm_config(cfg) if warm else cfg, progress)):
                 outs[i] = o
     return [average_folds(outs[i * K:(i + 1) * K]) for i in range(len(slices))]
 
 
-def _fit_group(jobs: list[Job], cfg: DipConfig, progress: Callable[[int, dict], None] | None) -> list[DipOutput]:
-    """Fit jobs of one setting, and refit them when ``cfg.validation.refit``."""
-    outs = _fit_jobs(jobs, cfg, progress)
-    if cfg.validation.enabled and cfg.validation.refit:
-        held = outs
-        outs = _fit_jobs([j._replace(fold=None, weight_mask=o.weight_mask) for j, o in zip(jobs, held)], cfg,
-                         progress, [o.history["best_step"] for o in held])
-        outs = [_refitted(o, h) for o, h in zip(outs, held)]
-    return outs
-
-
-def _refitted(refit: DipOutput, held: DipOutput) -> DipOutput:
-    """The refit's output with the held-out fit's record: its curves, its chosen step, and
-    ``steps`` the total of both fits."""
-    history = {**held.history, "steps": held.history["steps"] + refit.history["steps"],
-               "refit_steps": refit.history["steps"], "fit_seconds": held.history["fit_seconds"]
-               + refit.history["fit_seconds"]}
-    return DipOutput(refit.coil_images, refit.image, held.weight_mask, refit.weights, history)
-
-
-def _fit_jobs(jobs: list[Job], cfg: DipConfig, progress: Callable[[int, dict], None] | None,
-              budgets: list[int] | None = None) -> list[DipOutput]:
+def _fit_jobs(jobs: list[Job], cfg: DipConfig, progress: Callable[[int, dict], None] | None) -> list[DipOutput]:
     """Fit the jobs as one batch (or one at a time when the settings are not batched, or after
-    a divergence); ``budgets``: per job, the refit's step count."""
-    def one_at_a_time(js: list[Job], bs: list[int] | None) -> list[DipOutput]:
-        return [_fit_one(j, cfg, progress, None if bs is None else bs[i]) for i, j in enumerate(js)]
+    a divergence)."""
+    def one_at_a_time(js: list[Job]) -> list[DipOutput]:
+        return [_fit_one(j, cfg, progress) for j in js]
 
     if not cfg.batched or len(jobs) == 1:
-        return one_at_a_time(jobs, budgets)
+        return one_at_a_time(jobs)
     sts = [setup_fit(j.x, cfg, _init_seed(cfg, j.weight_mask), j.weight_mask, j.fold, j.init) for j in jobs]
     t1 = time.perf_counter()
     try:
         results = fit_batched([st.gen for st in sts], [st.loss_fn for st in sts],
-                              cfg.fit.steps if budgets is None else max(budgets), cfg.fit.lr,
+                              cfg.fit.steps, cfg.fit.lr,
                               [st.weight_mask for st in sts], cfg.fit.log_every,
                               [_scaled(j.monitor, st.problem) for st, j in zip(sts, jobs)], progress,
-                              cfg.speed.cuda_graph, cfg.fit.lr_schedule, _rule(cfg, len(jobs), budgets))
+                              cfg.speed.cuda_graph, cfg.fit.lr_schedule, cfg.validation.rule(len(jobs)))
     except FitDiverged as err:
         log.warning("batch %s: %s; fitting its slices one at a time", jobs[0].x.source, err)
-        return one_at_a_time(jobs, budgets)
+        return one_at_a_time(jobs)
     seconds = (time.perf_counter() - t1) / len(jobs)
     return [_output(cfg, st, res, cfg.fit.lr, seconds) for st, res in zip(sts, results)]

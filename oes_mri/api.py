@@ -1,0 +1,101 @@
+"""``oes_mri.reconstruct``: one slice, any method, in one call.
+
+    import oes_mri
+    out = oes_mri.reconstruct(kspace, mask, method="oes", steps=300)
+    out.image            # (rH, rW) float32: data consistency + RSS, cropped
+    out.steps, out.history["best_step"]
+
+The same path as the command line (:func:`oes_mri.slices.measure`: the mask applied, ESPIRiT
+maps on the acquired readout, readout oversampling removed) and the same method objects
+(:mod:`oes_mri.methods`), so the image equals the CLI's for that slice with the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import torch
+
+from oes_mri.methods import Reconstruction, Reconstructor, make, slice_data
+from oes_mri.nets.generator import ArchConfig
+from oes_mri.physics.masks import SamplingMask, mask_from_array
+from oes_mri.physics.operator import MultiCoilOp
+from oes_mri.slices import measure
+from oes_mri.solvers.config import DipConfig
+
+ALIASES = {"steps": "fit.steps", "lr": "fit.lr", "penalty": "fit.penalty", "density": "pruning.density",
+           "holdout": "validation.share", "patience": "validation.patience"}
+"""Short names of the generator settings most often changed (any ``section.field`` of
+:class:`~oes_mri.solvers.config.DipConfig` works too)."""
+
+
+def _dip_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``settings`` split into :meth:`DipConfig.updated` changes and the method's own fields."""
+    top = {f.name for f in dataclasses.fields(DipConfig)}
+    dip, own = {}, {}
+    for key, value in settings.items():
+        key = ALIASES.get(key, key)
+        if "." in key or key in top:
+            dip[key] = ArchConfig(value) if key == "arch" and isinstance(value, str) else value
+        else:
+            own[key] = value
+    return dip, own
+
+
+def _as_tensor(a: np.ndarray | torch.Tensor, device: torch.device | str | None) -> torch.Tensor:
+    t = torch.as_tensor(a)
+    return t.to(device) if device is not None else t
+
+
+def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarray | torch.Tensor,
+                method: str | Reconstructor = "oes", maps: np.ndarray | torch.Tensor | None = None, *,
+                recon_size: tuple[int, int] | None = None, readout: str = "crop", tune: bool = True,
+                device: torch.device | str | None = None, progress=None, **settings: Any) -> Reconstruction:
+    """Reconstruct one slice.
+
+    Args:
+        kspace: complex k-space ``(C, H, W)``, fully sampled or undersampled (numpy or torch).
+        mask: the sampling mask: a :class:`~oes_mri.physics.masks.SamplingMask` (what
+            ``fastmri_mask`` returns), or an array ``(W,)``, ``(1, W)`` or ``(H, W)`` (its
+            calibration region is then the centred run of sampled lines).
+        method: a name of :data:`oes_mri.methods.REGISTRY` ("oes", "dip", "sense", "l1", "tv",
+            "zf", ...) or a method object.
+        maps: coil maps ``(C, H, W)`` on the k-space grid; ``None``: ESPIRiT from the
+            calibration region.
+        recon_size: ``(rH, rW)`` of the output (default ``(H, W)``; fastMRI knee: 320x320, with
+            the 2x readout oversampling then removed before the fit).
+        readout: "crop" (remove readout oversampling, as the CLI) or "full".
+        tune: choose the classical methods' lambda by held-out k-space.
+        device: where to compute (default: ``kspace``'s device).
+        progress: ``progress(step, info)`` of a generator fit.
+        **settings: the method's settings: generator settings by short name (``steps``, ``lr``,
+            ``density``, ``holdout``, ``patience``, ``penalty``, ``seed``, ``arch``) or as
+            ``"section.field"`` keys of :class:`~oes_mri.solvers.config.DipConfig` (pass them
+            with ``**{"fit.lr_schedule": "cosine"}``); a classical method's own fields
+            (``lamda``, ``iters``).
+
+    Raises:
+        ValueError: an unknown method or setting, or a mask that does not fit the k-space.
+    """
+    k = _as_tensor(kspace, device)
+    if not k.is_complex() or k.ndim != 3:
+        raise ValueError(f"kspace must be complex (coils, H, W), got {tuple(k.shape)} {k.dtype}")
+    k = k.to(torch.complex64)
+    shape = tuple(k.shape[-2:])
+    smask = mask if isinstance(mask, SamplingMask) else mask_from_array(
+        torch.as_tensor(mask).cpu().numpy().reshape(-1) if torch.as_tensor(mask).shape[0] == 1 else mask, shape, "mask")
+    if isinstance(method, Reconstructor):
+        if settings:
+            raise ValueError("settings go into the method object; pass either a method object or a name with settings")
+        rec = method
+    else:
+        dip, own = _dip_settings(settings)
+        rec = make(method, DipConfig().updated(dip), tune, **own)
+    given = None if maps is None else _as_tensor(maps, k.device).to(torch.complex64)
+    x = measure(k, smask, tuple(recon_size or shape), readout, given)
+    return rec.reconstruct(x.kspace, MultiCoilOp(x.mask, x.maps, x.recon_size), progress=progress)
+
+
+__all__ = ["reconstruct", "slice_data"]

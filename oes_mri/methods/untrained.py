@@ -1,0 +1,100 @@
+"""The untrained generators as reconstructors: :class:`DenseDIP` and :class:`SparseDIP`
+(pruned by OES, or by a baseline at the same density: random, magnitude, SNIP, IMP), fitted
+by :func:`~oes_mri.solvers.sparse_dip.reconstruct_dip_batch` and stopped by held-out k-space
+(``config.validation``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from oes_mri.methods.base import Progress, Reconstruction, Reconstructor, Score, final_image
+from oes_mri.pruning.config import PRUNINGS, require
+from oes_mri.pruning.weightmask import WeightMask
+from oes_mri.solvers.config import DipConfig
+from oes_mri.solvers.sparse_dip import SliceData, Weights, reconstruct_dip_batch
+
+SPARSE = tuple(p for p in PRUNINGS if p != "dense")
+TITLES = {"oes": "Sparse-DIP (OES)", "random": "Sparse-DIP (random mask)", "magnitude": "Sparse-DIP (magnitude mask)",
+          "snip": "Sparse-DIP (SNIP mask)", "imp": "Sparse-DIP (IMP mask)"}
+
+
+class Untrained(Reconstructor):
+    """An untrained generator fitted to the k-space (``config``: every setting of the fit)."""
+
+    untrained = True
+    config: DipConfig
+
+    @property
+    def steps(self) -> int:
+        return self.config.fit.steps
+
+    @property
+    def warm_startable(self) -> bool:
+        return self.config.warm.enabled
+
+    def fingerprint(self) -> dict:
+        d = dataclasses.asdict(self.config)
+        d["pruning"].pop("method")
+        return {"dip": d}
+
+    def reconstruct_batch(self, xs: Sequence[SliceData], *, weight_mask: WeightMask | None = None,
+                          progress: Progress | None = None, scores: Sequence[Score | None] | None = None,
+                          inits: Sequence[Weights | None] | None = None) -> list[Reconstruction]:
+        scores = list(scores) if scores is not None else [None] * len(xs)
+        monitors = [None if sc is None else _monitor(x, sc) for x, sc in zip(xs, scores)]
+        outs = reconstruct_dip_batch(xs, self.config, weight_mask if self.volume_mask else None, progress,
+                                     monitors, inits)
+        return [Reconstruction(final_image(x, o.coil_images), o.coil_images, o.image, o.history, o.weight_mask,
+                               o.weights) for x, o in zip(xs, outs)]
+
+
+def _monitor(x: SliceData, score: Score):
+    """A fit monitor that scores the final image of each logged iterate."""
+    return lambda coil_images: score(final_image(x, coil_images))
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseDIP(Untrained):
+    """Deep image prior: the whole generator fitted (``config.pruning`` is not used)."""
+
+    config: DipConfig = DipConfig()
+    name = "dip"
+    title = "DIP (dense)"
+
+    def __post_init__(self) -> None:
+        if self.config.pruning.method != "dense":
+            object.__setattr__(self, "config", self.config.updated({"pruning.method": "dense"}))
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseDIP(Untrained):
+    """Sparse-DIP: the generator pruned at initialisation by ``pruning`` ("oes", the default:
+    Optimal Eye Surgeon; or a baseline: "random", "magnitude", "snip", "imp") at
+    ``config.pruning.density``, then fitted. OES learns one mask per volume on its reference
+    slice (:attr:`volume_mask`, or a given mask); the baselines make a mask per slice."""
+
+    config: DipConfig = DipConfig()
+    pruning: str = "oes"
+
+    def __post_init__(self) -> None:
+        require(self.pruning in SPARSE, f"unknown pruning {self.pruning!r}; one of {', '.join(SPARSE)}")
+        if self.config.pruning.method != self.pruning:
+            object.__setattr__(self, "config", self.config.updated({"pruning.method": self.pruning}))
+
+    @property
+    def name(self) -> str:
+        return self.pruning
+
+    @property
+    def title(self) -> str:
+        return TITLES[self.pruning]
+
+    @property
+    def volume_mask(self) -> bool:
+        return self.pruning == "oes"
+
+    @property
+    def warm_startable(self) -> bool:
+        """Chained only with one mask for every slice (OES's volume mask)."""
+        return self.config.warm.enabled and self.volume_mask
