@@ -12,7 +12,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,ray,siemens]'
+	$(PY) -m pip install -q -e '.[test,ray,siemens,deepinv]'
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -49,6 +49,12 @@ def _as_tensor(a: np.ndarray | torch.Tensor, device: torch.device | str | None) 
     return t.to(device) if device is not None else t
 
 
+def _sampling_mask(mask: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> SamplingMask:
+    """An array mask ``(W,)``, ``(1, W)`` or ``(H, W)`` as a :class:`SamplingMask`."""
+    arr = np.asarray(torch.as_tensor(mask).detach().cpu())
+    return mask_from_array(arr[0] if arr.ndim == 2 and arr.shape[0] == 1 else arr, shape, "mask")
+
+
 def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarray | torch.Tensor,
                 method: str | Reconstructor = "oes", maps: np.ndarray | torch.Tensor | None = None, *,
                 recon_size: tuple[int, int] | None = None, readout: str = "crop", tune: bool = True,
@@ -84,8 +90,7 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
         raise ValueError(f"kspace must be complex (coils, H, W), got {tuple(k.shape)} {k.dtype}")
     k = k.to(torch.complex64)
     shape = tuple(k.shape[-2:])
-    smask = mask if isinstance(mask, SamplingMask) else mask_from_array(
-        torch.as_tensor(mask).cpu().numpy().reshape(-1) if torch.as_tensor(mask).shape[0] == 1 else mask, shape, "mask")
+    smask = mask if isinstance(mask, SamplingMask) else _sampling_mask(mask, shape)
     if isinstance(method, Reconstructor):
         if settings:
             raise ValueError("settings go into the method object; pass either a method object or a name with settings")

@@ -58,9 +58,10 @@ the reference slice runs it: a warm slice's cap is ``WarmStart.steps``."""
 
 def build_parser() -> argparse.ArgumentParser:
     from oes_mri.methods import DEFAULT_METHODS, METHODS
-    from oes_mri.nets.generator import ARCHS
+    from oes_mri.nets.generator import ARCHS, ArchConfig
     from oes_mri.physics.holdout import SHAPES
-    from oes_mri.solvers.config import FitConfig, OesConfig, PruningConfig, ValidationConfig, WarmStart
+    from oes_mri.solvers.config import (OUTPUTS, DipConfig, FitConfig, OesConfig, PruningConfig, ValidationConfig,
+                                        WarmStart)
 
     p = argparse.ArgumentParser(prog="python -m oes_mri.recon", description=__doc__.split("\n\n")[1],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -89,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma list of {', '.join(METHODS)}, or 'all' (default {','.join(DEFAULT_METHODS)})")
     g = p.add_argument_group("Sparse-DIP (oes) and DIP")
-    g.add_argument("--density", type=float, default=0.05, help="kept fraction of prunable weights (default 0.05)")
+    g.add_argument("--density", type=float, default=PruningConfig.density,
+                   help=f"kept fraction of prunable weights (default {PruningConfig.density:g})")
     g.add_argument("--oes-init", choices=LOGIT_INITS, default=OesConfig.init,
                    help="OES starting logits: zero (published, default), density (each layer's kept share), "
                    "magnitude, density+magnitude")
@@ -105,22 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=None,
                    help="fitting steps: the cap when held-out k-space stops the fit (default 300 on the CPU, "
                    f"{CUDA_STEPS} on CUDA)")
-    g.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate of the fit (default 0.01)")
+    g.add_argument("--lr", type=float, default=FitConfig.lr, help=f"Adam learning rate of the fit (default {FitConfig.lr:g})")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=FitConfig.lr_schedule,
                    help="learning rate over the fit: constant, or cosine from --lr to 0 over --steps "
                    f"(default {FitConfig.lr_schedule})")
-    g.add_argument("--arch", choices=ARCHS, default="hourglass", help="generator (default: OES hourglass, 3.0M)")
-    g.add_argument("--dip-seed", type=int, default=0, help="generator init / input noise seed (default 0)")
+    g.add_argument("--arch", choices=ARCHS, default=ArchConfig.name, help=f"generator (default {ArchConfig.name})")
+    g.add_argument("--dip-seed", type=int, default=DipConfig.seed,
+                   help=f"generator init / input noise / held-out split seed (default {DipConfig.seed})")
     g.add_argument("--pruning-mask", "--weight-mask", dest="weight_mask", type=Path, default=None,
                    help="reuse a saved OES pruning mask (.safetensors) instead of learning one: transfer "
                    "(--weight-mask: the old name)")
     g.add_argument("--prune-per", "--mask-per", dest="mask_per", choices=["volume", "slice"], default="volume",
                    help="learn one OES pruning mask per volume on its middle slice and reuse it, or one per "
                    "slice (--mask-per: the old name)")
-    g.add_argument("--output-iterate", choices=["best", "last", "ema"], default="best",
+    g.add_argument("--output-iterate", choices=OUTPUTS, default=FitConfig.output,
                    help="returned DIP iterate: lowest held-out error (default; lowest data loss with "
                    "--holdout 0), last, or moving average")
-    g.add_argument("--input-jitter", type=float, default=0.0,
+    g.add_argument("--input-jitter", type=float, default=FitConfig.input_jitter,
                    help="std of noise added to the generator input at every fit step (DIP's reg_noise_std, "
                    "e.g. 0.033; default 0 = off; fits eagerly, without CUDA graphs)")
     g.add_argument("--dip-penalty", type=float, default=FitConfig.penalty, metavar="LAMBDA",

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from oes_mri import chain, pipeline
+from oes_mri import chain
 from oes_mri.data.sample import volume_images
 from oes_mri.data.simulate import write_fastmri_file
 from oes_mri.recon import main

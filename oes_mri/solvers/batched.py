@@ -23,7 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from oes_mri.optim import fit_optimizer
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.dip import FitResult, split_objective, stop_outcome, use_cuda_graph
-from oes_mri.solvers.loop import StopRule, check_finite, make_record, run_steps
+from oes_mri.solvers.loop import LOG_EVERY, StopRule, check_finite, make_record, run_steps
 
 
 def _stacked_masks(params: dict[str, torch.Tensor], masks: Sequence[WeightMask | None]) -> dict[str, torch.Tensor]:
@@ -38,7 +38,7 @@ def _stacked_masks(params: dict[str, torch.Tensor], masks: Sequence[WeightMask |
 
 
 def fit_batched(gens: Sequence[nn.Module], loss_fns: Sequence[Callable[[torch.Tensor], torch.Tensor]], steps: int,
-                lr: float = 1e-2, weight_masks: Sequence[WeightMask | None] | None = None, log_every: int = 50,
+                lr: float = 1e-2, weight_masks: Sequence[WeightMask | None] | None = None, log_every: int = LOG_EVERY,
                 monitors: Sequence[Callable[[torch.Tensor], dict] | None] | None = None,
                 progress: Callable[[int, dict], None] | None = None, cuda_graph: bool = False,
                 schedule: str = "constant", stop: StopRule | None = None) -> list[FitResult]:

@@ -1,5 +1,5 @@
 """From a model's image to the output magnitude image (the output convention of the
-project's design notes, ``../shared/DESIGN.md`` beside a checkout: data consistency, then RSS).
+fastMRI's ``reconstruction_rss`` convention: data consistency, then RSS).
 
 ``dc_rss``: data consistency then RSS: the model's coil k-space ``F S x`` (or ``F x_c``)
 keeps the measured samples, ``k = M y + (1 - M) F S x``; then ``RSS(F^H k)``, centre-cropped

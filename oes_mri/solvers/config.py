@@ -18,7 +18,7 @@ from oes_mri.nets.generator import ArchConfig
 from oes_mri.optim import LR_SCHEDULES
 from oes_mri.physics.holdout import SHAPES, KspaceSplit, split_mask
 from oes_mri.pruning.config import PRUNINGS, OesConfig, PruningConfig, require
-from oes_mri.solvers.loop import ValidationStop
+from oes_mri.solvers.loop import LOG_EVERY, ValidationStop
 from oes_mri.solvers.tuning import LambdaChoice, Solver, choose_lambda
 
 OUTPUTS = ("best", "last", "ema")
@@ -54,7 +54,7 @@ class FitConfig:
     ema_decay: float = 0.99
     input_jitter: float = 0.0
     retries: int = 2
-    log_every: int = 25
+    log_every: int = LOG_EVERY
     penalty: float = 2e-3
 
     def __post_init__(self) -> None:

@@ -27,7 +27,8 @@ from oes_mri.optim import fit_optimizer
 from oes_mri.physics.holdout import KspaceSplit
 from oes_mri.physics.operator import MultiCoilOp
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.solvers.loop import FitDiverged, StopRule, check_finite, make_record, run_steps  # noqa: F401 (FitDiverged: API)
+from oes_mri.solvers.loop import (LOG_EVERY, FitDiverged, StopRule, check_finite, make_record,  # noqa: F401
+                                  run_steps)  # FitDiverged: API
 
 
 class KspaceProblem(NamedTuple):
@@ -175,7 +176,7 @@ def use_cuda_graph(cuda_graph: bool, device: torch.device, compile: bool = False
 
 
 def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: int, lr: float = 1e-2,
-        weight_mask: WeightMask | None = None, *, ema_decay: float | None = None, log_every: int = 50,
+        weight_mask: WeightMask | None = None, *, ema_decay: float | None = None, log_every: int = LOG_EVERY,
         monitor: Callable[[torch.Tensor], dict] | None = None,
         progress: Callable[[int, dict], None] | None = None, compile: bool = False,
         amp: bool = False, cuda_graph: bool = False, input_jitter: float = 0.0, jitter_seed: int = 0,

@@ -26,6 +26,10 @@ without a hold-out); losses are scalars, or ``(B,)`` for a batch."""
 WARMUP = 3
 """Eager steps before a CUDA graph is captured."""
 
+LOG_EVERY = 25
+"""Steps between looks at a fit's record (logs, monitor, stopping rule): the default of
+:class:`~oes_mri.solvers.config.FitConfig` and of the fit loops."""
+
 
 class Record:
     """Losses per step, the chosen iterate and an output average, updated in place on the device.

@@ -1,0 +1,1 @@
+"""Adapters to other toolkits (optional extras): :mod:`oes_mri.interop.deepinv`."""

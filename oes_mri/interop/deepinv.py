@@ -1,0 +1,58 @@
+"""Every oes-mri method as a ``deepinv.models.Reconstructor`` (``pip install 'oes-mri[deepinv]'``).
+
+    from oes_mri.interop.deepinv import DeepinvReconstructor
+    model = DeepinvReconstructor("oes", steps=300)
+    x_hat = model(y, physics)          # physics: deepinv.physics.MultiCoilMRI
+
+``y`` is deepinv's multi-coil k-space ``(B, 2, N, H, W)`` (real and imaginary channels),
+``physics`` a 2-D ``MultiCoilMRI`` whose mask and coil maps are this toolkit's
+:class:`~oes_mri.physics.operator.MultiCoilOp` (the same centred orthonormal FFT; tested).
+Each batch item is reconstructed by :func:`oes_mri.reconstruct` with the physics' maps, and the
+output is the toolkit's image (data consistency, RSS, centre crop to ``recon_size``) as
+``(B, 1, rH, rW)``, the layout of deepinv's own fastMRI convention
+(``A_adjoint(y, rss=True, crop=True)``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from deepinv.models import Reconstructor as _DeepinvReconstructor
+from deepinv.physics import MultiCoilMRI
+
+from oes_mri.api import reconstruct
+from oes_mri.methods import Reconstructor
+
+
+def physics_tensors(physics: MultiCoilMRI, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch item ``b``'s sampling mask ``(H, W)`` and complex coil maps ``(N, H, W)``."""
+    mask, maps = physics.mask, physics.coil_maps
+    return mask[min(b, mask.shape[0] - 1), 0], maps[min(b, maps.shape[0] - 1)]
+
+
+class DeepinvReconstructor(_DeepinvReconstructor):
+    """An oes-mri method as a deepinv reconstructor.
+
+    Args:
+        method: a method name ("oes", "dip", "sense", "l1", "tv", "zf", ...) or object.
+        recon_size: ``(rH, rW)`` of the output (default: the k-space grid).
+        **settings: the method's settings, as :func:`oes_mri.reconstruct` takes them.
+    """
+
+    def __init__(self, method: str | Reconstructor = "oes", recon_size: tuple[int, int] | None = None,
+                 **settings: Any) -> None:
+        super().__init__()
+        self.method, self.recon_size, self.settings = method, recon_size, settings
+
+    def forward(self, y: torch.Tensor, physics: MultiCoilMRI, **kwargs: Any) -> torch.Tensor:
+        """``(B, 2, N, H, W)`` k-space -> ``(B, 1, rH, rW)`` magnitude images."""
+        if y.ndim != 5 or y.shape[1] != 2:
+            raise ValueError(f"y must be deepinv's 2-D multi-coil k-space (B, 2, N, H, W), got {tuple(y.shape)}")
+        images = []
+        for b in range(y.shape[0]):
+            mask, maps = physics_tensors(physics, b)
+            out = reconstruct(torch.complex(y[b, 0], y[b, 1]), mask, self.method, maps, recon_size=self.recon_size,
+                              readout="full", **self.settings)
+            images.append(torch.from_numpy(out.image))
+        return torch.stack(images)[:, None].to(y.device)

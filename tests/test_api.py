@@ -1,0 +1,130 @@
+"""The Python API: ``oes_mri.reconstruct`` equals the command line, the method objects, the
+CLI's outputs pinned across the reshape of issue 28, and every Python block of the README."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import oes_mri
+from oes_mri.data.sample import sample_path
+from oes_mri.methods import METHODS, CGSense, SparseDIP, make
+from oes_mri.slices import Sampling
+from oes_mri.solvers.config import DipConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+PIN = Path(__file__).parent / "data" / "recon_pin.npz"
+PIN_ARGS = ["--methods", "zf,sense,l1,tv,oes", "--steps", "30", "--prune-steps", "10", "--dip-seed", "3",
+            "--no-figures", "--quiet", "--device", "cpu"]
+"""The pinned run: the built-in sample at 4x; ``recon_pin.npz`` holds the images the code
+before issue 28's reshape wrote with one thread (bit-identical after it, on that CPU)."""
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def _images(out: Path) -> dict[str, np.ndarray]:
+    images = {}
+    for f in out.glob("*/*.h5"):
+        with h5py.File(f) as h:
+            images[f.parent.name] = h["reconstruction"][()]
+    return images
+
+
+def test_cli_outputs_pinned(tmp_path):
+    """``python -m oes_mri.recon`` on the sample (one thread) gives the pinned images: the
+    classical methods to rounding (rel. 1e-4: their solvers are not chaotic), Sparse-DIP
+    bit-identical where the CPU and torch are those of the pin (a 30-step fit with a learned
+    mask amplifies rounding: one thread against two already moves it 2.5 %)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OES_MRI_CACHE": os.environ["OES_MRI_CACHE"]}
+    subprocess.run([sys.executable, "-m", "oes_mri.recon", *PIN_ARGS, "--out", str(tmp_path)], check=True, env=env,
+                   capture_output=True)
+    got, ref = _images(tmp_path), np.load(PIN)
+    for m in ("zf", "sense", "l1", "tv"):
+        assert np.linalg.norm(got[m] - ref[m]) <= 1e-4 * np.linalg.norm(ref[m]), m
+    if str(ref["cpu"]) != _cpu() or str(ref["torch"]) != torch.__version__:
+        pytest.skip(f"Sparse-DIP pinned on {ref['cpu']} with torch {ref['torch']}, not {_cpu()} / {torch.__version__}")
+    assert np.array_equal(got["oes"], ref["oes"])
+
+
+@pytest.fixture(scope="module")
+def sample_slice():
+    from oes_mri.data.volumes import load_volume, read_info
+
+    path = sample_path()
+    vol = load_volume(path)
+    return vol.kspace[0], Sampling(accel=4.0).mask(read_info(path)), vol.recon_size
+
+
+def test_reconstruct_equals_cli(sample_slice, tmp_path):
+    """The one call gives the CLI's image for that slice with the same settings."""
+    from oes_mri.recon import main
+
+    k, smask, size = sample_slice
+    assert main(["--methods", "zf,sense,oes", "--steps", "20", "--prune-steps", "5", "--no-figures", "--quiet",
+                 "--device", "cpu", "--out", str(tmp_path)]) == 0
+    cli = _images(tmp_path)
+    for method in ("zf", "sense"):
+        assert np.array_equal(oes_mri.reconstruct(k, smask, method, recon_size=size).image, cli[method][0]), method
+    out = oes_mri.reconstruct(k.numpy(), smask, "oes", recon_size=size, steps=20, **{"pruning.steps": 5})
+    assert np.array_equal(out.image, cli["oes"][0])
+    assert out.steps == 20 and out.weight_mask is not None and out.image.shape == tuple(size)
+
+
+def test_reconstruct_takes_arrays_objects_and_checks_settings(sample_slice):
+    k, smask, size = sample_slice
+    by_array = oes_mri.reconstruct(k.numpy(), smask.mask.numpy()[0], "zf", recon_size=size)
+    assert np.array_equal(by_array.image, oes_mri.reconstruct(k, smask, "zf", recon_size=size).image)
+    fixed = oes_mri.reconstruct(k, smask, CGSense(lamda=0.05, tune=False), recon_size=size)
+    assert fixed.lamda == 0.05
+    assert oes_mri.reconstruct(k, smask, "sense", recon_size=size, lamda=0.05, tune=False).lamda == 0.05
+    with pytest.raises(ValueError, match="unknown method"):
+        oes_mri.reconstruct(k, smask, "nope")
+    with pytest.raises(ValueError, match="no setting"):
+        oes_mri.reconstruct(k, smask, "sense", steps_typo=3)
+    with pytest.raises(ValueError, match="unknown"):
+        oes_mri.reconstruct(k, smask, "oes", **{"fit.nope": 1})
+    with pytest.raises(ValueError, match="complex"):
+        oes_mri.reconstruct(k.abs(), smask, "zf")
+    with pytest.raises(ValueError, match="mask"):
+        oes_mri.reconstruct(k, np.ones(7), "zf")
+
+
+def test_every_method_is_one_object():
+    """A name builds its class; capabilities are attributes; settings are validated where built."""
+    for name in METHODS:
+        m = make(name)
+        assert m.name == name and m.title
+        assert m.untrained == (m.steps is not None)
+    assert make("oes").volume_mask and not make("random").volume_mask and not make("dip").volume_mask
+    assert SparseDIP(DipConfig(), "snip").config.pruning.method == "snip"
+    with pytest.raises(ValueError):
+        SparseDIP(DipConfig(), "dense")
+    with pytest.raises(ValueError):
+        CGSense(lamda=-1.0)
+
+
+def _readme_blocks() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+
+
+def test_readme_python_blocks_run(tmp_path, monkeypatch):
+    """Every Python block of the README runs as written, with a small step count."""
+    blocks = _readme_blocks()
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for code in blocks:
+        code = re.sub(r"steps=\d+", "steps=3", code)
+        exec(compile(code, "README.md", "exec"), {"__name__": "readme"})

@@ -1,0 +1,54 @@
+"""deepinv interoperability (the optional extra): the same operator, the same images."""
+
+import numpy as np
+import pytest
+import torch
+
+import oes_mri
+from oes_mri.physics.masks import fastmri_mask, poisson_mask
+from oes_mri.physics.operator import MultiCoilOp
+
+deepinv = pytest.importorskip("deepinv", reason="deepinv is an optional extra: pip install 'oes-mri[deepinv]'")
+
+
+def _rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.complex64)
+
+
+def _real(z: torch.Tensor) -> torch.Tensor:
+    """Complex ``(...)`` -> deepinv's channels ``(1, 2, ...)``."""
+    return torch.stack([z.real, z.imag])[None]
+
+
+@pytest.mark.parametrize("kind", ["columns", "poisson"])
+def test_operator_equals_deepinv(kind):
+    """Forward and adjoint of MultiCoilOp equal deepinv's MultiCoilMRI on the same mask and maps."""
+    C, H, W = 4, 24, 20
+    m = (fastmri_mask((H, W), 4, seed=0) if kind == "columns" else poisson_mask((H, W), 3, calib=(6, 6), seed=0)).mask
+    maps, x, y = _rand(C, H, W, seed=1), _rand(H, W, seed=2), _rand(C, H, W, seed=3)
+    ours = MultiCoilOp(m, maps)
+    theirs = deepinv.physics.MultiCoilMRI(mask=torch.broadcast_to(m, (H, W)).clone(), coil_maps=maps)
+    fwd = theirs.A(_real(x))[0]
+    assert torch.allclose(torch.complex(fwd[0], fwd[1]), ours(x), atol=1e-5)
+    adj = theirs.A_adjoint(_real(y * ours.mask))[0]
+    assert torch.allclose(torch.complex(adj[0], adj[1]), ours.adjoint(y), atol=1e-5)
+
+
+@pytest.mark.parametrize("method,settings", [("sense", {}), ("dip", {"steps": 5, "arch": "hourglass-tiny"})])
+def test_adapter_returns_the_toolkits_image(method, settings):
+    from oes_mri.interop.deepinv import DeepinvReconstructor
+
+    C, H, W = 4, 32, 32
+    img = torch.zeros(H, W, dtype=torch.complex64)
+    img[8:24, 10:22] = 1.0
+    maps = _rand(C, H, W, seed=1) * 0.3 + 1.0
+    mask = fastmri_mask((H, W), 4, seed=2)
+    k = MultiCoilOp(torch.ones(1, W), maps)(img)
+    physics = deepinv.physics.MultiCoilMRI(mask=torch.broadcast_to(mask.mask, (H, W)).clone(), coil_maps=maps)
+    y = physics.A(_real(img))
+    model = DeepinvReconstructor(method, **settings)
+    assert isinstance(model, deepinv.models.Reconstructor)
+    x_hat = model(y, physics)
+    ref = oes_mri.reconstruct(k, mask, method, maps, readout="full", **settings).image
+    assert x_hat.shape == (1, 1, H, W)
+    np.testing.assert_array_equal(x_hat[0, 0].numpy(), ref)

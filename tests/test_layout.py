@@ -1,0 +1,69 @@
+"""The package's shape: no import circle, method names only in the registry, doctests run."""
+
+from __future__ import annotations
+
+import ast
+import doctest
+from pathlib import Path
+
+import oes_mri
+from oes_mri import chain
+from oes_mri.methods import METHODS
+
+PKG = Path(oes_mri.__file__).parent
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """``oes_mri`` modules imported at module level (not inside functions or TYPE_CHECKING)."""
+    out = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("oes_mri"):
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("oes_mri"))
+    return out
+
+
+def test_no_import_circle():
+    graph = {_module(p): _top_level_imports(p) for p in PKG.rglob("*.py")}
+    graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    graph = {m: {d for d in deps if not m.startswith(d + ".") and d != "oes_mri"} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for d in graph[m]:
+            assert state.get(d) != 1, "import circle: " + " -> ".join(path + [m, d])
+            if d not in state:
+                visit(d, path + [m])
+        state[m] = 2
+
+    for m in graph:
+        if m not in state:
+            visit(m, [])
+
+
+def test_method_names_only_in_the_registry():
+    """No ``x == "oes"`` (or any method name) outside :mod:`oes_mri.methods`: a method's
+    capabilities are its attributes. (The pruning package dispatches on pruning kinds, which
+    share the names "oes", "random", ...: a setting's values, not methods.)"""
+    for path in PKG.rglob("*.py"):
+        if path.parent.name in ("methods", "pruning"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                consts = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
+                consts += [e.value for c in node.comparators if isinstance(c, (ast.Tuple, ast.List, ast.Set))
+                           for e in c.elts if isinstance(e, ast.Constant)]
+                named = [c for c in consts if c in METHODS]
+                assert not named, f"{path.name}:{node.lineno} compares with method name(s) {named}"
+
+
+def test_chain_doctests():
+    assert doctest.testmod(chain).failed == 0
