@@ -50,6 +50,7 @@ from quality import SHARED, Case, prepare, run_method, score  # noqa: E402
 from oes_mri.atomic import atomic_write_bytes  # noqa: E402
 from oes_mri.data.sample import sample_path, sample_volume_path  # noqa: E402
 from oes_mri.nets.generator import ArchConfig, build_generator  # noqa: E402
+from oes_mri.pruning.channels import random_channel_mask, shrink  # noqa: E402
 from oes_mri.solvers.config import DipConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "ttq"
@@ -79,6 +80,10 @@ CONFIGS: dict[str, Config] = {
     "dip-w2": Config("dip", arch=hourglass(0.5), note="dense, half width (hourglass-small)"),
     "dip-w4": Config("dip", arch=hourglass(0.25), note="dense, quarter width"),
     "oes-w2": Config("oes", arch=hourglass(0.5), note="5 % OES mask on the half-width net"),
+    "dip-w8": Config("dip", arch=hourglass(0.125), note="dense, eighth width"),
+    "soes-50": Config("oes-channels", {"pruning.density": 0.5}, note="OES over channels, half of each map kept"),
+    "soes-25": Config("oes-channels", {"pruning.density": 0.25}, note="OES over channels, a quarter kept"),
+    "rch-25": Config("random-channels", {"pruning.density": 0.25}, note="random channels, a quarter kept"),
 }
 
 
@@ -104,16 +109,20 @@ def cases(names: list[str]) -> dict[str, tuple[Path, float]]:
 
 def step_cost(case: Case, cfg: Config) -> tuple[float, int]:
     """GFLOP of one fit step (generator forward + backward; the FFTs are negligible) and the
-    parameter count kept by the configuration (dense: all; a mask: its density's share)."""
+    parameters the fit trains (a channel mask: the rebuilt generator's; an unstructured mask:
+    its density's share, at dense FLOPs)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     gen = build_generator(cfg.arch, tuple(case.x.kspace.shape[-2:]), 1, 0)
+    density = cfg.settings(1).pruning.density
+    if cfg.method.endswith("channels"):
+        gen = shrink(gen, random_channel_mask(gen, density))       # any mask of the budget: same shapes
     with FlopCounterMode(display=False) as fc:
         out = gen()
         (out.real.square().sum() + out.imag.square().sum()).backward()
     params = sum(p.numel() for p in gen.parameters())
-    if cfg.method != "dip":
-        params = round(params * cfg.settings(1).pruning.density)
+    if cfg.method not in ("dip",) and not cfg.method.endswith("channels"):
+        params = round(params * density)
     return fc.get_total_flops() / 1e9, params
 
 

@@ -3,7 +3,8 @@ and the registry of their command-line names (:data:`REGISTRY`, one line a metho
 
 Names: ``zf`` (zero-filled RSS), ``sense`` (CG-SENSE), ``l1`` (L1-wavelet), ``tv`` (total
 variation), ``dip`` (dense DIP), ``oes`` (Sparse-DIP with an OES mask), and the pruning
-baselines at the same density ``random``, ``magnitude``, ``snip``, ``imp``.
+baselines at the same density ``random``, ``magnitude``, ``snip``, ``imp``; structured pruning
+(whole channels, the generator rebuilt smaller) ``oes-channels`` and ``random-channels``.
 
 Every method is tuned the same honest way, by held-out k-space
 (:class:`~oes_mri.solvers.config.ValidationConfig`): the untrained generators stop on it and
@@ -43,6 +44,8 @@ REGISTRY: dict[str, Factory] = {
     "magnitude": lambda dip, tune: SparseDIP(dip, "magnitude"),
     "snip": lambda dip, tune: SparseDIP(dip, "snip"),
     "imp": lambda dip, tune: SparseDIP(dip, "imp"),
+    "oes-channels": lambda dip, tune: SparseDIP(dip, "oes-channels"),
+    "random-channels": lambda dip, tune: SparseDIP(dip, "random-channels"),
 }
 METHODS = tuple(REGISTRY)
 DEFAULT_METHODS = ("oes", "sense", "zf")

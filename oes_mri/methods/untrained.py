@@ -16,7 +16,10 @@ from oes_mri.solvers.sparse_dip import SliceData, Weights, reconstruct_dip_batch
 
 SPARSE = tuple(p for p in PRUNINGS if p != "dense")
 TITLES = {"oes": "Sparse-DIP (OES)", "random": "Sparse-DIP (random mask)", "magnitude": "Sparse-DIP (magnitude mask)",
-          "snip": "Sparse-DIP (SNIP mask)", "imp": "Sparse-DIP (IMP mask)"}
+          "snip": "Sparse-DIP (SNIP mask)", "imp": "Sparse-DIP (IMP mask)",
+          "oes-channels": "Sparse-DIP (OES channels)", "random-channels": "Sparse-DIP (random channels)"}
+LEARNED_ONCE = ("oes", "oes-channels")
+"""Prunings learned once per volume (on its reference slice) and shared by its slices."""
 
 
 class Untrained(Reconstructor):
@@ -70,9 +73,10 @@ class DenseDIP(Untrained):
 @dataclasses.dataclass(frozen=True)
 class SparseDIP(Untrained):
     """Sparse-DIP: the generator pruned at initialisation by ``pruning`` ("oes", the default:
-    Optimal Eye Surgeon; or a baseline: "random", "magnitude", "snip", "imp") at
-    ``config.pruning.density``, then fitted. OES learns one mask per volume on its reference
-    slice (:attr:`volume_mask`, or a given mask); the baselines make a mask per slice."""
+    Optimal Eye Surgeon; or a baseline: "random", "magnitude", "snip", "imp"; structured, the
+    generator rebuilt smaller: "oes-channels", "random-channels") at ``config.pruning.density``,
+    then fitted. OES learns one mask per volume on its reference slice (:attr:`volume_mask`,
+    or a given mask); the baselines make a mask per slice."""
 
     config: DipConfig = DipConfig()
     pruning: str = "oes"
@@ -92,7 +96,7 @@ class SparseDIP(Untrained):
 
     @property
     def volume_mask(self) -> bool:
-        return self.pruning == "oes"
+        return self.pruning in LEARNED_ONCE
 
     @property
     def warm_startable(self) -> bool:

@@ -12,11 +12,12 @@ import torch
 from torch import nn
 
 from oes_mri.pruning.allocation import ALLOCATIONS
+from oes_mri.pruning.channels import channel_oes_mask, random_channel_mask
 from oes_mri.pruning.baselines import baseline_mask, imp_mask
 from oes_mri.pruning.oes import ESTIMATORS, LOGIT_INITS, oes_mask
 from oes_mri.pruning.weightmask import SCOPES, WeightMask
 
-PRUNINGS = ("oes", "dense", "random", "magnitude", "snip", "imp")
+PRUNINGS = ("oes", "dense", "random", "magnitude", "snip", "imp", "oes-channels", "random-channels")
 
 
 def require(ok: bool, message: str) -> None:
@@ -30,8 +31,11 @@ class PruningConfig:
     """Which weights of the generator are kept.
 
     Attributes:
-        method: "oes" (Sparse-DIP), "dense" (no pruning: DIP), "random", "magnitude", "snip", "imp".
-        density: kept fraction of the prunable weights, in (0, 1].
+        method: "oes" (Sparse-DIP), "dense" (no pruning: DIP), "random", "magnitude", "snip", "imp";
+            structured: "oes-channels" (OES over whole channels, the generator rebuilt smaller;
+            :mod:`oes_mri.pruning.channels`) and "random-channels".
+        density: kept fraction of the prunable weights, in (0, 1] (of the channels of every
+            feature map for the structured methods).
         steps: OES mask-learning steps (IMP: training steps per round).
         scope: which weights are prunable (:data:`~oes_mri.pruning.weightmask.SCOPES`).
         min_layer_density: per-tensor density floor.
@@ -105,6 +109,10 @@ def make_pruning_mask(pruning: PruningConfig, oes: OesConfig, gen: nn.Module, lo
         return oes_mask(gen, loss_fn, density=p.density, steps=p.steps, scope=p.scope,
                         min_layer_density=p.min_layer_density, tau=oes.tau, kl_weight=oes.kl_weight, lr=oes.lr,
                         seed=seed, meta=meta, init=oes.init, estimator=oes.estimator, allocation=p.allocation)
+    if p.method == "oes-channels":
+        return channel_oes_mask(gen, loss_fn, p.density, steps=p.steps, tau=oes.tau, lr=oes.lr, seed=seed, meta=meta)
+    if p.method == "random-channels":
+        return random_channel_mask(gen, p.density, seed=seed, meta=meta), []
     if p.method == "imp":
         return imp_mask(gen, p.density, train, rounds=p.imp_rounds, scope=p.scope,
                         min_layer_density=p.min_layer_density, meta=meta), []

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from oes_mri.nets.generator import build_generator
+from oes_mri.pruning.channels import is_channel_mask, shrink
 from oes_mri.pruning.config import PRUNINGS, make_pruning_mask
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.batched import fit_batched
@@ -96,6 +97,12 @@ class FitSetup(NamedTuple):
         data = self.problem.objective if self.problem.val_mask is not None else self.problem.loss
         return penalised(data, self.penalty) if self.penalty > 0 else data
 
+    @property
+    def fit_mask(self) -> WeightMask | None:
+        """The mask the fit applies: ``weight_mask``, or none for a channel mask (the generator
+        is then already rebuilt without the pruned channels)."""
+        return None if is_channel_mask(self.weight_mask) else self.weight_mask
+
 
 def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask | None = None,
               fold: int | None = 0, init: Weights | None = None) -> FitSetup:
@@ -110,6 +117,8 @@ def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask |
     t0 = time.perf_counter()
     gen = build_generator(cfg.arch, tuple(x.kspace.shape[-2:]), 1 if x.maps is not None else x.kspace.shape[0],
                           seed, x.kspace.device)
+    if is_channel_mask(weight_mask):                       # a given channel mask: the smaller generator
+        gen = shrink(gen, weight_mask)
     if init is not None:
         if weight_mask is None and cfg.pruning.method != "dense":
             raise ValueError("a warm start needs the pruning mask it was fitted with")
@@ -130,6 +139,10 @@ def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask |
         def train(g: nn.Module, m: WeightMask | None) -> None:      # IMP's rounds
             fit(g, problem.loss, cfg.pruning.steps, cfg.fit.lr, m, log_every=cfg.pruning.steps)
         wm, mask_losses = make_pruning_mask(cfg.pruning, cfg.oes, gen, problem.loss, train, cfg.seed, meta)
+        if is_channel_mask(wm):                            # learned here: rebuild smaller, rescale the data
+            gen = shrink(gen, wm)
+            with torch.no_grad():
+                problem = make_problem(x.kspace, x.mask, x.maps, gen(), split)
     return FitSetup(gen, problem, wm, mask_losses, time.perf_counter() - t0, _penalty(problem, cfg.fit.penalty))
 
 
@@ -196,7 +209,7 @@ def _fit_one(job: Job, cfg: DipConfig, progress) -> DipOutput:
         st = setup_fit(job.x, cfg, seed, job.weight_mask, job.fold, init)
         t1 = time.perf_counter()
         try:
-            res = fit(st.gen, st.loss_fn, steps, lr, st.weight_mask,
+            res = fit(st.gen, st.loss_fn, steps, lr, st.fit_mask,
                       ema_decay=cfg.fit.ema_decay if cfg.fit.output == "ema" else None,
                       log_every=cfg.fit.log_every, monitor=_scaled(job.monitor, st.problem), progress=progress,
                       compile=cfg.speed.compile, amp=cfg.speed.amp, cuda_graph=cfg.speed.cuda_graph,
@@ -283,7 +296,7 @@ def _fit_jobs(jobs: list[Job], cfg: DipConfig, progress: Callable[[int, dict], N
     try:
         results = fit_batched([st.gen for st in sts], [st.loss_fn for st in sts],
                               cfg.fit.steps, cfg.fit.lr,
-                              [st.weight_mask for st in sts], cfg.fit.log_every,
+                              [st.fit_mask for st in sts], cfg.fit.log_every,
                               [_scaled(j.monitor, st.problem) for st, j in zip(sts, jobs)], progress,
                               cfg.speed.cuda_graph, cfg.fit.lr_schedule, cfg.validation.rule(len(jobs)))
     except FitDiverged as err:
