@@ -117,7 +117,8 @@ def slice_result(method: str, index: int, source: str, res: Reconstruction, seco
     return SliceResult(method, index, res.image, float(seconds), np.asarray(h.get("losses", []), np.float32),
                        np.asarray([[r["step"], r["psnr"], r["ssim"]] for r in mon if "psnr" in r], np.float64),
                        np.asarray(h.get("val_losses", []), np.float32), steps,
-                       np.asarray([h["lambda"]] if "lambda" in h else [], np.float64), weights)
+                       np.asarray([h["lambda"]] if "lambda" in h else [], np.float64), weights,
+                       h.get("fast_path", ""))
 
 
 def scorer(target: np.ndarray | None) -> Score | None:
@@ -387,6 +388,7 @@ class VolumeRun(VolumeData):
         seconds = float(sum(ck["seconds"] for ck in cks))
         steps = [int(ck["steps"][0]) for ck in cks if ck["steps"].size]
         lambdas = [float(ck["lamda"][0]) for ck in cks if ck["lamda"].size]
+        paths = sorted({str(ck["fast_path"]) for ck in cks if "fast_path" in ck and str(ck["fast_path"])})
         nmse = psnr = ssim = None
         if target is not None:
             nmse, psnr, ssim = volume_metrics(target, recon)
@@ -394,7 +396,7 @@ class VolumeRun(VolumeData):
         return {"file": str(self.info.path), "method": method, "acceleration": self.smask.acceleration,
                 "center_fraction": cf, "slices": len(self.indices), "nmse": nmse, "psnr": psnr, "ssim": ssim,
                 "seconds": seconds, "steps": steps or None,
-                "lambda": lambdas or None, "device": str(self.device)}
+                "lambda": lambdas or None, "device": str(self.device), "fast_path": ",".join(paths) or None}
 
 
 def run(cfg: RunConfig, progress: Progress | None = None,

@@ -23,7 +23,7 @@ from oes_mri.errors import InputError
 log = logging.getLogger("oes_mri")
 
 RECORD_KEYS = ("file", "method", "acceleration", "center_fraction", "slices", "nmse", "psnr", "ssim",
-               "seconds", "steps", "lambda", "device")
+               "seconds", "steps", "lambda", "device", "fast_path")
 
 
 class SliceResult(NamedTuple):
@@ -39,6 +39,7 @@ class SliceResult(NamedTuple):
     steps: np.ndarray        # (fit steps run, chosen step) of a generator; () for classical methods
     lamda: np.ndarray        # the regularisation weight used, () when the method has none
     weights: dict | None = None  # a fitted generator's state (name -> array), kept apart (save_weights)
+    fast_path: str = ""          # how the fit's steps ran (oes_mri.solvers.fastpath); "" for classical methods
 
 
 CHECKPOINT_KEYS = ("image", "seconds", "losses", "curve", "vals", "steps", "lamda")
@@ -58,7 +59,7 @@ def save_checkpoint(path: Path, r: SliceResult) -> None:
     arrays = {"image": r.image, "seconds": np.float64(r.seconds), "losses": r.losses, "curve": r.curve,
               "vals": r.vals, "steps": r.steps, "lamda": r.lamda}
     buf = io.BytesIO()
-    np.savez(buf, **arrays, checksum=np.str_(_checksum(arrays)))
+    np.savez(buf, **arrays, fast_path=np.str_(r.fast_path), checksum=np.str_(_checksum(arrays)))
     atomic_write_bytes(path, buf.getvalue())
 
 

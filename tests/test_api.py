@@ -23,7 +23,7 @@ from oes_mri.solvers.config import DipConfig
 ROOT = Path(__file__).resolve().parent.parent
 PIN = Path(__file__).parent / "data" / "recon_pin.npz"
 PIN_ARGS = ["--methods", "zf,sense,l1,tv,oes", "--steps", "30", "--prune-steps", "10", "--dip-seed", "3",
-            "--no-figures", "--quiet", "--device", "cpu"]
+            "--fast-path", "fp32", "--no-figures", "--quiet", "--device", "cpu"]
 """The pinned run: the built-in sample at 4x; ``recon_pin.npz`` holds the images the code
 before issue 28's reshape wrote with one thread (bit-identical after it, on that CPU)."""
 

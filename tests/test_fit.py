@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from oes_mri.data.simulate import simulate_kspace
-from oes_mri.nets.generator import ArchConfig
+from oes_mri.nets.generator import ArchConfig, build_generator
 from oes_mri.physics.coils import lowres_maps
 from oes_mri.physics.masks import fastmri_mask
 from oes_mri.solvers import sparse_dip
-from oes_mri.solvers.dip import FitDiverged, split_objective
+from oes_mri.solvers.dip import FitDiverged, fit, split_objective
 from oes_mri.solvers.sparse_dip import DipConfig, SliceData, reconstruct_dip, reconstruct_dip_batch
 from tests.conftest import phantom_image
 
@@ -289,3 +289,37 @@ def test_settings_are_changed_by_name():
     for bad in ("fit.nope", "nope", "nosection.steps"):
         with pytest.raises(ValueError, match="unknown"):
             CFG.updated({bad: 1})
+
+
+def test_fast_path_falls_back_to_fp32_where_the_other_paths_are_slower(monkeypatch):
+    """A (mocked) slow bf16 and a channels_last within the margin: fp32; a clearly faster bf16 wins;
+    without native bf16 it is not even tried; an explicit path is taken as given."""
+    from oes_mri.solvers import fastpath
+
+    gen = build_generator(ArchConfig("hourglass-tiny"), (16, 16))
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: True)
+    slow_bf16 = {"fp32": 1.0, "channels_last": 0.9, "bf16": 21.8}
+    pick = fastpath.choose(gen, None, "auto", timer=lambda g, f, p: slow_bf16[p])
+    assert pick.path == "fp32" and pick.seconds == slow_bf16
+    fast_bf16 = {"fp32": 1.0, "channels_last": 0.95, "bf16": 0.6}
+    assert fastpath.choose(gen, None, "auto", timer=lambda g, f, p: fast_bf16[p]).path == "bf16"
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: False)
+    tried = []
+    fastpath.choose(build_generator(ArchConfig("hourglass-tiny"), (32, 32)), None, "auto",
+                    timer=lambda g, f, p: tried.append(p) or 1.0)
+    assert tried == ["fp32"]
+    assert fastpath.choose(gen, None, "channels_last").path == "channels_last"
+    with pytest.raises(ValueError, match="fast path"):
+        fastpath.choose(gen, None, "fp16")
+
+
+def test_channels_last_fit_matches_fp32():
+    """The channels_last path computes the fp32 fit (to rounding)."""
+    torch.manual_seed(0)
+    target = torch.randn(16, 16, dtype=torch.complex64)
+
+    def loss(out):
+        return (out[0] - target).abs().square().mean()
+    a = fit(build_generator(ArchConfig("hourglass-tiny"), (16, 16)), loss, 5, 1e-2).last
+    b = fit(build_generator(ArchConfig("hourglass-tiny"), (16, 16)), loss, 5, 1e-2, channels_last=True).last
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)

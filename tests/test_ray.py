@@ -14,7 +14,7 @@ import torch
 
 from oes_mri.recon import main
 
-ARGS = ["--methods", "oes,dip,zf", "--arch", "hourglass-tiny", "--steps", "15", "--mask-steps", "5",
+ARGS = ["--methods", "oes,dip,zf", "--arch", "hourglass-tiny", "--steps", "15", "--mask-steps", "5", "--fast-path", "fp32",
         "--no-figures", "--quiet"]
 
 

@@ -15,7 +15,7 @@ import pytest
 from oes_mri.storage import RECORD_KEYS
 from oes_mri.recon import main
 
-FAST = ["--arch", "hourglass-tiny", "--steps", "30", "--mask-steps", "10", "--no-figures", "--quiet"]
+FAST = ["--arch", "hourglass-tiny", "--steps", "30", "--mask-steps", "10", "--no-figures", "--quiet", "--fast-path", "fp32"]
 
 
 def test_end_to_end_outputs(tiny_file, tmp_path, capsys):

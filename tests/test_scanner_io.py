@@ -16,7 +16,7 @@ from oes_mri.physics.fft import center_crop, crop_readout, ifft2c, rss
 from oes_mri.recon import main
 from tests.conftest import expect_input_error, shared_file
 
-FAST = ["--arch", "hourglass-tiny", "--steps", "10", "--mask-steps", "5", "--no-figures", "--quiet"]
+FAST = ["--arch", "hourglass-tiny", "--steps", "10", "--mask-steps", "5", "--no-figures", "--quiet", "--fast-path", "fp32"]
 
 
 _expect = expect_input_error

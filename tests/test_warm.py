@@ -15,7 +15,7 @@ from oes_mri.solvers.sparse_dip import reconstruct_dip
 from oes_mri.storage import load_weights, save_weights
 from tests.test_fit import CFG, _slices
 
-ARGS = ["--arch", "hourglass-tiny", "--steps", "12", "--prune-steps", "5", "--no-figures", "--quiet"]
+ARGS = ["--arch", "hourglass-tiny", "--steps", "12", "--prune-steps", "5", "--no-figures", "--quiet", "--fast-path", "fp32"]
 
 
 def test_chain_runs_outward_from_the_reference():

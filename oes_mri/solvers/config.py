@@ -18,6 +18,7 @@ from oes_mri.nets.generator import ArchConfig
 from oes_mri.optim import LR_SCHEDULES
 from oes_mri.physics.holdout import SHAPES, KspaceSplit, split_mask
 from oes_mri.pruning.config import PRUNINGS, OesConfig, PruningConfig, require
+from oes_mri.solvers.fastpath import FAST_PATHS
 from oes_mri.solvers.loop import LOG_EVERY, ValidationStop
 from oes_mri.solvers.tuning import LambdaChoice, Solver, choose_lambda
 
@@ -76,14 +77,19 @@ class SpeedConfig:
         compile: ``torch.compile`` the generator.
         amp: bf16 autocast for the generator (CUDA; FFT and data term in fp32).
         cuda_graph: replay each fit step as a CUDA graph (CUDA only; not with ``compile``).
+        fast_path: how a single fit's steps run on the CPU: "auto" (the default: a capability
+            check and a short calibration, :mod:`oes_mri.solvers.fastpath`; fp32 unless a path
+            is clearly faster), or "fp32", "channels_last", "bf16" (autocast).
     """
 
     compile: bool = False
     amp: bool = False
     cuda_graph: bool = False
+    fast_path: str = "auto"
 
     def __post_init__(self) -> None:
         require(not (self.compile and self.cuda_graph), "cuda_graph does not combine with compile")
+        require(self.fast_path in FAST_PATHS, f"fast path {self.fast_path!r}: one of {', '.join(FAST_PATHS)}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -180,7 +180,7 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         monitor: Callable[[torch.Tensor], dict] | None = None,
         progress: Callable[[int, dict], None] | None = None, compile: bool = False,
         amp: bool = False, cuda_graph: bool = False, input_jitter: float = 0.0, jitter_seed: int = 0,
-        schedule: str = "constant", stop: StopRule | None = None) -> FitResult:
+        schedule: str = "constant", stop: StopRule | None = None, channels_last: bool = False) -> FitResult:
     """Fit ``gen`` to minimise ``loss_fn(gen())`` with Adam (in place).
 
     Args:
@@ -206,6 +206,8 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
         jitter_seed: seed of that noise.
         schedule: learning-rate schedule over the ``steps``, "constant" or "cosine" (decays to 0;
             :func:`oes_mri.optim.lr_schedule`).
+        channels_last: run the generator in channels_last memory format (a CPU fast path,
+            :mod:`oes_mri.solvers.fastpath`).
         stop: a stopping rule for the one slice (:class:`~oes_mri.solvers.loop.ValidationStop`
             or another :class:`~oes_mri.solvers.loop.StopRule`), checked every ``log_every`` steps.
 
@@ -214,6 +216,8 @@ def fit(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], steps: 
     """
     device = next(gen.parameters()).device
     graph = use_cuda_graph(cuda_graph, device, compile, input_jitter)
+    if channels_last:
+        gen.to(memory_format=torch.channels_last)
     handles = weight_mask.apply_(gen) if weight_mask is not None else []
     gen.train()
     clean = generator_forward(gen, compile, amp)

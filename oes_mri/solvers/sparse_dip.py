@@ -26,6 +26,8 @@ from oes_mri.pruning.config import PRUNINGS, make_pruning_mask
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.solvers.batched import fit_batched
 from oes_mri.solvers.config import DipConfig, ValidationConfig
+from oes_mri.solvers.fastpath import FastPath
+from oes_mri.solvers.fastpath import choose as choose_fast_path
 from oes_mri.solvers.dip import FitDiverged, FitResult, KspaceProblem, fit, make_problem
 from oes_mri.solvers.penalty import penalised, penalty_weight
 
@@ -164,13 +166,15 @@ def _init_seed(cfg: DipConfig, weight_mask: WeightMask | None) -> int:
     return cfg.seed
 
 
-def _output(cfg: DipConfig, st: FitSetup, res: FitResult, lr: float, fit_seconds: float) -> DipOutput:
+def _output(cfg: DipConfig, st: FitSetup, res: FitResult, lr: float, fit_seconds: float,
+            fast: FastPath = FastPath("fp32", {})) -> DipOutput:
     out = {"best": res.best, "last": res.last, "ema": res.ema if res.ema is not None else res.last}[cfg.fit.output]
     problem = st.problem
     history = {"losses": res.losses, "monitor": res.monitor, "mask_losses": st.mask_losses,
                "best_loss": res.best_loss, "lr": lr, "mask_seconds": st.mask_seconds,
                "fit_seconds": fit_seconds, "scale": problem.scale, "val_losses": res.val_losses,
-               "best_step": res.best_step, "steps": res.steps, "stop": res.stop}
+               "best_step": res.best_step, "steps": res.steps, "stop": res.stop,
+               "fast_path": "bf16" if cfg.speed.amp else fast.path, "fast_path_seconds": fast.seconds}
     image = out[0] / problem.scale if problem.op.sense else None
     weights = {n: p.detach() for n, p in st.gen.named_parameters()}      # the generator is not used again
     return DipOutput(problem.coil_images(out), image, st.weight_mask, weights, history)
@@ -208,14 +212,16 @@ def _fit_one(job: Job, cfg: DipConfig, progress) -> DipOutput:
     for attempt in range(cfg.fit.retries + 1):
         st = setup_fit(job.x, cfg, seed, job.weight_mask, job.fold, init)
         t1 = time.perf_counter()
+        fast = choose_fast_path(st.gen, st.loss_fn, "fp32" if cfg.speed.amp else cfg.speed.fast_path)
         try:
             res = fit(st.gen, st.loss_fn, steps, lr, st.fit_mask,
                       ema_decay=cfg.fit.ema_decay if cfg.fit.output == "ema" else None,
                       log_every=cfg.fit.log_every, monitor=_scaled(job.monitor, st.problem), progress=progress,
-                      compile=cfg.speed.compile, amp=cfg.speed.amp, cuda_graph=cfg.speed.cuda_graph,
-                      input_jitter=cfg.fit.input_jitter, jitter_seed=seed, schedule=cfg.fit.lr_schedule,
-                      stop=cfg.validation.rule(1))
-            return _output(cfg, st, res, lr, time.perf_counter() - t1)
+                      compile=cfg.speed.compile, amp=cfg.speed.amp or fast.path == "bf16",
+                      cuda_graph=cfg.speed.cuda_graph, input_jitter=cfg.fit.input_jitter, jitter_seed=seed,
+                      schedule=cfg.fit.lr_schedule, stop=cfg.validation.rule(1),
+                      channels_last=fast.path == "channels_last")
+            return _output(cfg, st, res, lr, time.perf_counter() - t1, fast)
         except FitDiverged as err:
             if attempt == cfg.fit.retries:
                 raise
