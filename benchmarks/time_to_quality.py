@@ -84,6 +84,11 @@ CONFIGS: dict[str, Config] = {
     "soes-50": Config("oes-channels", {"pruning.density": 0.5}, note="OES over channels, half of each map kept"),
     "soes-25": Config("oes-channels", {"pruning.density": 0.25}, note="OES over channels, a quarter kept"),
     "rch-25": Config("random-channels", {"pruning.density": 0.25}, note="random channels, a quarter kept"),
+    "l1+dip-w4": Config("dip", {"fit.start": "l1"}, hourglass(0.25),
+                        note="dense quarter width, a residual on the held-out L1 image (its seconds included)"),
+    "l1+dip-w2": Config("dip", {"fit.start": "l1"}, hourglass(0.5), note="the same at half width"),
+    "l1+soes-25": Config("oes-channels", {"fit.start": "l1", "pruning.density": 0.25},
+                         note="OES channels (a quarter) on the held-out L1 image"),
 }
 
 

@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     from oes_mri.methods import DEFAULT_METHODS, METHODS
     from oes_mri.nets.generator import ARCHS, ArchConfig
     from oes_mri.physics.holdout import SHAPES
-    from oes_mri.solvers.config import (OUTPUTS, DipConfig, FitConfig, OesConfig, PruningConfig, SpeedConfig,
-                                        ValidationConfig, WarmStart)
+    from oes_mri.solvers.config import (OUTPUTS, STARTS, DipConfig, FitConfig, OesConfig, PruningConfig,
+                                        SpeedConfig, ValidationConfig, WarmStart)
     from oes_mri.solvers.fastpath import FAST_PATHS
 
     p = argparse.ArgumentParser(prog="python -m oes_mri.recon", description=__doc__.split("\n\n")[1],
@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output-iterate", choices=OUTPUTS, default=FitConfig.output,
                    help="returned DIP iterate: lowest held-out error (default; lowest data loss with "
                    "--holdout 0), last, or moving average")
+    g.add_argument("--start", choices=STARTS, default=FitConfig.start,
+                   help="random (default): the generator's own first image; l1, sense or tv: a residual on that "
+                   "method's held-out-tuned image solved on the fit set (never returned worse, by held-out error)")
     g.add_argument("--input-jitter", type=float, default=FitConfig.input_jitter,
                    help="std of noise added to the generator input at every fit step (DIP's reg_noise_std, "
                    "e.g. 0.033; default 0 = off; fits eagerly, without CUDA graphs)")
@@ -268,9 +271,9 @@ def dip_config(args: argparse.Namespace, steps: int, cuda_graph: bool):
         density=args.density, allocation=args.allocation,
         **({"steps": args.mask_steps} if args.mask_steps is not None else {})))
     oes = build("--oes-init/--oes-estimator", lambda: OesConfig(init=args.oes_init, estimator=args.oes_estimator))
-    fit = build("--steps/--lr/--lr-schedule/--output-iterate/--input-jitter/--dip-penalty", lambda: FitConfig(
+    fit = build("--steps/--lr/--lr-schedule/--output-iterate/--input-jitter/--dip-penalty/--start", lambda: FitConfig(
         steps=steps, lr=args.lr, lr_schedule=args.lr_schedule, output=args.output_iterate,
-        input_jitter=args.input_jitter, penalty=args.dip_penalty))
+        input_jitter=args.input_jitter, penalty=args.dip_penalty, start=args.start))
     validation = build("--holdout/--holdout-shape/--patience/--holdout-smoothing/--holdout-folds",
                        lambda: ValidationConfig(share=args.holdout, shape=args.holdout_shape, patience=args.patience,
                                                 smoothing=args.holdout_smoothing, folds=args.holdout_folds))

@@ -91,6 +91,16 @@ class Regularised(Reconstructor):
         return self.validation.choose(lambda k, m, lam: self.solve(k, op.with_mask(m), lam), x.kspace, x.mask,
                                       self.seed, [self.lamda * f for f in LAMBDA_FACTORS])
 
+    def heldout_start(self, x: SliceData) -> tuple[torch.Tensor, float]:
+        """The complex image ``(H, W)`` solved on the fit set (the held-out split's fold 0, the
+        one the generator fits stop on) at the held-out-chosen weight, and that weight: a start
+        whose held-out error is honest (it has not seen the held-out samples)."""
+        if not self.tuned:
+            return self.solve(x.kspace, _op(x), self.lamda).image, self.lamda
+        lamda = self.choose(x).lamda
+        split = self.validation.split(x.mask, tuple(x.kspace.shape[-2:]), self.seed)
+        return self.solve(x.kspace * split.fit + 0.0, _op(x).with_mask(split.fit), lamda).image, lamda
+
     def _one(self, x: SliceData) -> Reconstruction:
         lamda, history = self.lamda, {}
         if self.tuned:

@@ -6,6 +6,7 @@ by :func:`~oes_mri.solvers.sparse_dip.reconstruct_dip_batch` and stopped by held
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Sequence
 
 from oes_mri.methods.base import Progress, Reconstruction, Reconstructor, Score, final_image
@@ -46,10 +47,25 @@ class Untrained(Reconstructor):
                           inits: Sequence[Weights | None] | None = None) -> list[Reconstruction]:
         scores = list(scores) if scores is not None else [None] * len(xs)
         monitors = [None if sc is None else _monitor(x, sc) for x, sc in zip(xs, scores)]
+        starts = [self.start(x) for x in xs]
         outs = reconstruct_dip_batch(xs, self.config, weight_mask if self.volume_mask else None, progress,
-                                     monitors, inits)
-        return [Reconstruction(final_image(x, o.coil_images), o.coil_images, o.image, o.history, o.weight_mask,
-                               o.weights) for x, o in zip(xs, outs)]
+                                     monitors, inits, [s[0] if s else None for s in starts])
+        return [Reconstruction(final_image(x, o.coil_images), o.coil_images, o.image,
+                               {**o.history, **({"start_lambda": s[1], "start_seconds": s[2]} if s else {})},
+                               o.weight_mask, o.weights) for x, o, s in zip(xs, outs, starts)]
+
+    def start(self, x: SliceData) -> tuple | None:
+        """``(image, lambda, seconds)`` of the classical start (``config.fit.start``), or ``None``."""
+        name = self.config.fit.start
+        if name == "random":
+            return None
+        if x.maps is None:
+            raise ValueError(f"{x.source}: a classical start needs coil maps (it is a SENSE image)")
+        from oes_mri.methods import make
+
+        t = time.perf_counter()
+        image, lamda = make(name, self.config).heldout_start(x)
+        return image, lamda, time.perf_counter() - t
 
 
 def _monitor(x: SliceData, score: Score):

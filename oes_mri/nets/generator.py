@@ -74,8 +74,16 @@ class ImageGenerator(nn.Module):
         super().__init__()
         self.net = net
         self.register_buffer("z", z)
+        self.register_buffer("offset", None)
         self.out_shape = tuple(out_shape)
         self.num_images = num_images
+
+    def start_from(self, image: torch.Tensor) -> None:
+        """A residual generator that starts at ``image`` ``(K, H, W)``: from now on
+        ``G'(z) = image + G(z) - G_0(z)``, with ``G_0`` the network as it is now (fixed)."""
+        with torch.no_grad():
+            self.offset = None
+            self.offset = (image - self()).detach()
 
     def forward(self, z: torch.Tensor | None = None) -> torch.Tensor:
         """``G(z)`` as ``(K, H, W)`` complex; ``z`` defaults to the fixed input (a perturbed
@@ -89,7 +97,8 @@ class ImageGenerator(nn.Module):
         top, left = (out.shape[-2] - H) // 2, (out.shape[-1] - W) // 2
         out = out[0, :, top:top + H, left:left + W].float()
         out = out.reshape(self.num_images, 2, H, W)
-        return torch.complex(out[:, 0], out[:, 1])
+        out = torch.complex(out[:, 0], out[:, 1])
+        return out if self.offset is None else out + self.offset
 
 
 def padded_shape(shape: tuple[int, int], multiple: int) -> tuple[int, int]:

@@ -23,6 +23,7 @@ from oes_mri.solvers.loop import LOG_EVERY, ValidationStop
 from oes_mri.solvers.tuning import LambdaChoice, Solver, choose_lambda
 
 OUTPUTS = ("best", "last", "ema")
+STARTS = ("random", "l1", "sense", "tv")
 
 __all__ = ["DipConfig", "FitConfig", "OesConfig", "PruningConfig", "PRUNINGS", "SpeedConfig", "ValidationConfig",
            "WarmStart", "OUTPUTS"]
@@ -41,6 +42,11 @@ class FitConfig:
             ``reg_noise_std``; 0 = off, the default); fitted one slice at a time.
         retries: on divergence, retries from a fresh init at half the learning rate.
         log_every: steps between logs, monitoring and stopping-rule checks.
+        start: where the generator's image starts: "random" (the untrained generator's own
+            output, DIP) or a classical method ("l1", "sense", "tv": its held-out-tuned image
+            solved on the fit set, and the generator fits a residual on top of it,
+            ``x = x_0 + G(z) - G_0(z)``; the held-out rule then never returns an iterate with a
+            higher held-out error than ``x_0``).
         penalty: the hybrid prior's weight ``lamda`` of a wavelet penalty ``||W G(z)||_1`` on
             the generator's image, in the L1-wavelet baseline's units (0 = off;
             :mod:`oes_mri.solvers.penalty`). 2e-3 (L1-wavelet's fixed weight): over 10
@@ -57,6 +63,7 @@ class FitConfig:
     retries: int = 2
     log_every: int = LOG_EVERY
     penalty: float = 2e-3
+    start: str = "random"
 
     def __post_init__(self) -> None:
         require(0 <= self.penalty < math.inf, f"penalty {self.penalty}: must be finite and >= 0")
@@ -67,6 +74,7 @@ class FitConfig:
         require(0 <= self.ema_decay < 1, f"ema_decay {self.ema_decay}: must be in [0, 1)")
         require(0 <= self.input_jitter < math.inf, f"input_jitter {self.input_jitter}: must be finite and >= 0")
         require(self.retries >= 0, f"retries {self.retries}: must be >= 0")
+        require(self.start in STARTS, f"start {self.start!r}: one of {', '.join(STARTS)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +244,8 @@ class DipConfig:
 
     def __post_init__(self) -> None:
         require(not (self.speed.cuda_graph and self.fit.input_jitter), "cuda_graph does not combine with input_jitter")
+        require(self.fit.start == "random" or self.validation.folds == 1,
+                "a classical start is solved on one fit set: it does not combine with held-out folds > 1")
 
     @property
     def batched(self) -> bool:

@@ -91,6 +91,8 @@ class FitSetup(NamedTuple):
     """seconds to build the generator, the problem and the mask"""
     penalty: float = 0.0
     """``mu``, the weight of the hybrid prior's ``||W G(z)||_1`` in the fit loss (0: none)"""
+    start: torch.Tensor | None = None
+    """the generator's first image ``(K, H, W)`` when it fits a residual on a classical image"""
 
     @property
     def loss_fn(self) -> Callable[[torch.Tensor], torch.Tensor | tuple]:
@@ -107,11 +109,13 @@ class FitSetup(NamedTuple):
 
 
 def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask | None = None,
-              fold: int | None = 0, init: Weights | None = None) -> FitSetup:
+              fold: int | None = 0, init: Weights | None = None, start: torch.Tensor | None = None) -> FitSetup:
     """The generator from ``seed`` (or loaded from ``init``), the scaled problem, and the
     weight mask (``weight_mask``, or made by ``cfg.pruning``: OES mask learning, a pruning
     baseline, or none): everything :func:`reconstruct_dip` fits, for callers that inspect or
     fit it themselves. ``fold``: the held-out split (``None``: every sample fitted).
+    ``start``: a classical image ``(H, W)`` on the data's scale that the generator starts from
+    (a residual on it, :meth:`~oes_mri.nets.generator.ImageGenerator.start_from`).
 
     Raises:
         ValueError: ``init`` with a mask to be learned (a warm start keeps the volume's mask).
@@ -145,7 +149,12 @@ def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask |
             gen = shrink(gen, wm)
             with torch.no_grad():
                 problem = make_problem(x.kspace, x.mask, x.maps, gen(), split)
-    return FitSetup(gen, problem, wm, mask_losses, time.perf_counter() - t0, _penalty(problem, cfg.fit.penalty))
+    first = None
+    if start is not None:
+        first = problem.scale * start.to(x.kspace.device)[None]
+        gen.start_from(first)
+    return FitSetup(gen, problem, wm, mask_losses, time.perf_counter() - t0, _penalty(problem, cfg.fit.penalty),
+                    first)
 
 
 def _penalty(problem: KspaceProblem, lamda: float) -> float:
@@ -166,15 +175,27 @@ def _init_seed(cfg: DipConfig, weight_mask: WeightMask | None) -> int:
     return cfg.seed
 
 
+def _kept_start(st: FitSetup, out: torch.Tensor) -> bool:
+    """A residual fit's chosen iterate predicts the held-out samples worse than its classical
+    start (the raw held-out error; the rule reads it smoothed): the start is returned instead."""
+    if st.start is None or st.problem.val_mask is None:
+        return False
+    with torch.no_grad():
+        return float(st.problem.objective(out)[1]) > float(st.problem.objective(st.start)[1])
+
+
 def _output(cfg: DipConfig, st: FitSetup, res: FitResult, lr: float, fit_seconds: float,
             fast: FastPath = FastPath("fp32", {})) -> DipOutput:
     out = {"best": res.best, "last": res.last, "ema": res.ema if res.ema is not None else res.last}[cfg.fit.output]
+    kept = _kept_start(st, out)
+    out = st.start if kept else out
     problem = st.problem
     history = {"losses": res.losses, "monitor": res.monitor, "mask_losses": st.mask_losses,
                "best_loss": res.best_loss, "lr": lr, "mask_seconds": st.mask_seconds,
                "fit_seconds": fit_seconds, "scale": problem.scale, "val_losses": res.val_losses,
                "best_step": res.best_step, "steps": res.steps, "stop": res.stop,
-               "fast_path": "bf16" if cfg.speed.amp else fast.path, "fast_path_seconds": fast.seconds}
+               "fast_path": "bf16" if cfg.speed.amp else fast.path, "fast_path_seconds": fast.seconds,
+               "start_kept": kept}
     image = out[0] / problem.scale if problem.op.sense else None
     weights = {n: p.detach() for n, p in st.gen.named_parameters()}      # the generator is not used again
     return DipOutput(problem.coil_images(out), image, st.weight_mask, weights, history)
@@ -196,12 +217,13 @@ def _scaled(monitor: Monitor | None, problem: KspaceProblem) -> Callable[[torch.
 
 class Job(NamedTuple):
     """One fit: a slice, its held-out fold (``None``: every sample), its pruning mask, its
-    monitor and its warm start."""
+    monitor, its warm start and its classical start image."""
     x: SliceData
     fold: int | None
     weight_mask: WeightMask | None
     monitor: Monitor | None = None
     init: Weights | None = None
+    start: torch.Tensor | None = None
 
 
 def _fit_one(job: Job, cfg: DipConfig, progress) -> DipOutput:
@@ -210,7 +232,7 @@ def _fit_one(job: Job, cfg: DipConfig, progress) -> DipOutput:
     seed, lr, init = _init_seed(cfg, job.weight_mask), cfg.fit.lr, job.init
     steps = cfg.fit.steps
     for attempt in range(cfg.fit.retries + 1):
-        st = setup_fit(job.x, cfg, seed, job.weight_mask, job.fold, init)
+        st = setup_fit(job.x, cfg, seed, job.weight_mask, job.fold, init, job.start)
         t1 = time.perf_counter()
         fast = choose_fast_path(st.gen, st.loss_fn, "fp32" if cfg.speed.amp else cfg.speed.fast_path)
         try:
@@ -265,7 +287,8 @@ def average_folds(outs: Sequence[DipOutput]) -> DipOutput:
 def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_mask: WeightMask | None = None,
                           progress: Callable[[int, dict], None] | None = None,
                           monitors: Sequence[Monitor | None] | None = None,
-                          inits: Sequence[Weights | None] | None = None) -> list[DipOutput]:
+                          inits: Sequence[Weights | None] | None = None,
+                          starts: Sequence[torch.Tensor | None] | None = None) -> list[DipOutput]:
     """Reconstruct several slices of one size at once (:func:`~oes_mri.solvers.batched.fit_batched`).
 
     Each slice gets what :func:`reconstruct_dip` would give it (own generator from the same
@@ -278,8 +301,9 @@ def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_ma
     K = cfg.validation.folds
     monitors = list(monitors) if monitors is not None else [None] * len(slices)
     inits = list(inits) if inits is not None else [None] * len(slices)
-    jobs = [Job(x, f, weight_mask, mon if f == 0 else None, init)
-            for x, mon, init in zip(slices, monitors, inits) for f in range(K)]
+    starts = list(starts) if starts is not None else [None] * len(slices)
+    jobs = [Job(x, f, weight_mask, mon if f == 0 else None, init, start)
+            for x, mon, init, start in zip(slices, monitors, inits, starts) for f in range(K)]
     outs: list[DipOutput | None] = [None] * len(jobs)
     for warm in (False, True):                    # cold and warm-started fits: their own settings
         idx = [i for i, j in enumerate(jobs) if (j.init is not None) == warm]
@@ -297,7 +321,7 @@ def _fit_jobs(jobs: list[Job], cfg: DipConfig, progress: Callable[[int, dict], N
 
     if not cfg.batched or len(jobs) == 1:
         return one_at_a_time(jobs)
-    sts = [setup_fit(j.x, cfg, _init_seed(cfg, j.weight_mask), j.weight_mask, j.fold, j.init) for j in jobs]
+    sts = [setup_fit(j.x, cfg, _init_seed(cfg, j.weight_mask), j.weight_mask, j.fold, j.init, j.start) for j in jobs]
     t1 = time.perf_counter()
     try:
         results = fit_batched([st.gen for st in sts], [st.loss_fn for st in sts],
