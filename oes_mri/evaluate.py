@@ -18,7 +18,7 @@ import numpy as np
 
 from oes_mri.data.volumes import list_volumes
 from oes_mri.errors import InputError
-from oes_mri.metrics import VolumeMetrics, volume_metrics
+from oes_mri.metrics import VolumeMetrics, scorable, volume_metrics
 
 
 def _read(path: Path, keys: tuple[str, ...]) -> np.ndarray:
@@ -44,6 +44,10 @@ def evaluate(target_dir: Path, pred_dir: Path, square_crop: bool = False) -> dic
         pred = _read(p, ("reconstruction",))
         if target.shape != pred.shape:
             raise InputError(p, f"reconstruction has shape {pred.shape} but the target {target.shape}")
+        why = scorable(target)
+        if why is not None:
+            print(f"warning: {t}: {why}; not scored", file=sys.stderr)
+            continue
         if not np.isfinite(pred).all():
             raise InputError(p, "reconstruction holds NaN or Inf values")
         out[t.name] = volume_metrics(target, pred, square_crop)

@@ -38,6 +38,18 @@ def fastmri_crop(target: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.n
     return center_crop(target, (w, w)), center_crop(pred, (w, w))
 
 
+def scorable(target: np.ndarray | None) -> str | None:
+    """Why ``target`` cannot be scored against (non-finite values, all zero), or ``None`` if it can."""
+    if target is None:
+        return None
+    t = np.asarray(target)
+    if not np.isfinite(t).all():
+        return "the target holds NaN or Inf values"
+    if not np.abs(t).max() > 0:
+        return "the target is all zero"
+    return None
+
+
 def volume_metrics(target: np.ndarray, pred: np.ndarray, square_crop: bool = False) -> VolumeMetrics:
     """NMSE, PSNR, SSIM of a volume ``[slices, rH, rW]`` with ``fastmri.evaluate``'s functions.
 

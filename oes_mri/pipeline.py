@@ -31,7 +31,7 @@ from oes_mri.data.volumes import list_volumes, load_slice, parse_slices, read_in
 from oes_mri.errors import InputError
 from oes_mri.fileid import file_identity
 from oes_mri.methods import Reconstruction, Reconstructor, Score, make
-from oes_mri.metrics import slice_metrics, volume_metrics
+from oes_mri.metrics import scorable, slice_metrics, volume_metrics
 from oes_mri.physics.coils import MapCache
 from oes_mri.progress import Progress
 from oes_mri.pruning.weightmask import WeightMask
@@ -100,7 +100,7 @@ class RunConfig:
         if m.untrained:
             fp.update(device=self.device, batch_slices=self.batch_slices)
         if m.volume_mask:
-            fp.update(weight_mask=str(self.weight_mask) if self.weight_mask else None, mask_per=self.mask_per)
+            fp.update(weight_mask=file_identity(self.weight_mask) if self.weight_mask else None, mask_per=self.mask_per)
         return json.loads(json.dumps(fp, default=str))
 
 
@@ -254,7 +254,7 @@ class VolumeRun(VolumeData):
 
     def __init__(self, path: Path, cfg: RunConfig, progress: Progress | None = None) -> None:
         super().__init__(path, cfg)
-        self.ckdir = cfg.out / ".checkpoints" / self.info.path.stem
+        self.ckdir = cfg.out / ".checkpoints" / output_stem(self.info.path)
         self.progress = progress or Progress()
         self._check_fingerprints()
 
@@ -271,6 +271,9 @@ class VolumeRun(VolumeData):
             fp_path = self.ckdir / m / "config.json"
             fp = self.fingerprint(m)
             final = self.final_path(m)
+            for out in (final, self.final_path(m, NIFTI)):
+                if out.exists() and out.resolve() == self.info.path.resolve():
+                    raise InputError(out, "this output would replace the input file itself; choose another --out")
             if fp_path.exists() and read_json(fp_path) != fp or (final.exists() and not fp_path.exists()):
                 if not self.cfg.overwrite:
                     raise InputError(final, "outputs made with other settings exist; use --overwrite "
@@ -284,7 +287,7 @@ class VolumeRun(VolumeData):
     def final_path(self, method: str, suffix: str = ".h5") -> Path:
         """``<out>/<method>/<input stem><suffix>``: the fastMRI submission file (``.h5``) or
         the NIfTI volume (``.nii.gz``)."""
-        return self.cfg.out / method / f"{self.info.path.stem}{suffix}"
+        return self.cfg.out / method / f"{output_stem(self.info.path)}{suffix}"
 
     def checkpoint(self, method: str, index: int) -> Path:
         return self.ckdir / method / f"slice_{index:04d}.npz"
@@ -375,9 +378,16 @@ class VolumeRun(VolumeData):
         return records
 
     def targets(self) -> np.ndarray | None:
+        """The selected slices' targets, or ``None`` (no target, or one that cannot be scored:
+        a warning says why, and the records say "no target" with null scores)."""
         if not self.info.has_target:
             return None
-        return np.stack([load_slice(self.info, i)[1] for i in self.indices])
+        target = np.stack([load_slice(self.info, i)[1] for i in self.indices])
+        why = scorable(target)
+        if why is not None:
+            log.warning("%s: %s; reconstructed, not scored", self.info.path, why)
+            return None
+        return target
 
     def _finish(self, method: str, target: np.ndarray | None) -> dict:
         cks = [load_checkpoint(self.checkpoint(method, i)) for i in self.indices]
@@ -399,6 +409,27 @@ class VolumeRun(VolumeData):
                 "lambda": lambdas or None, "device": str(self.device), "fast_path": ",".join(paths) or None}
 
 
+def output_stem(path: Path) -> str:
+    """The name a volume's outputs take: the file's stem for ``.h5``, else its whole name with
+    the dots as underscores (``vol.dat`` -> ``vol_dat``), so inputs that differ only in their
+    extension never share an output."""
+    return path.stem if path.suffix == ".h5" else path.name.replace(".", "_")
+
+
+def check_output_names(files: list[Path]) -> None:
+    """Refuse a folder whose inputs would write the same output file.
+
+    Raises:
+        InputError: naming the inputs that collide.
+    """
+    seen: dict[str, Path] = {}
+    for f in files:
+        other = seen.setdefault(output_stem(f), f)
+        if other != f:
+            raise InputError(f, f"would write the same outputs as {other.name} ({output_stem(f)}.h5); "
+                                "rename one of them")
+
+
 def run(cfg: RunConfig, progress: Progress | None = None,
         on_volume: Callable[[VolumeRun, list[dict]], None] | None = None) -> list[dict]:
     """Reconstruct every volume of ``cfg.data``; returns this run's metric records.
@@ -408,8 +439,10 @@ def run(cfg: RunConfig, progress: Progress | None = None,
     """
     records: list[dict] = []
     failed: list[str] = []
+    files = list_volumes(cfg.data)
+    check_output_names(files)
     with out_lock(cfg.out):
-        for f in list_volumes(cfg.data):
+        for f in files:
             try:
                 vol = VolumeRun(f, cfg, progress)
                 recs = vol.run()

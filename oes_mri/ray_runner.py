@@ -26,7 +26,7 @@ from typing import Callable
 
 from oes_mri.data.volumes import list_volumes
 from oes_mri.errors import InputError
-from oes_mri.pipeline import RunConfig, VolumeData, VolumeRun, Warm
+from oes_mri.pipeline import RunConfig, VolumeData, VolumeRun, Warm, check_output_names
 from oes_mri.progress import Progress
 from oes_mri.storage import SliceResult, out_lock, write_metrics
 from oes_mri.pruning.weightmask import WeightMask
@@ -115,6 +115,7 @@ def run_ray(cfg: RunConfig, opts: RayOptions, progress: Progress | None = None,
     ray = import_ray()
     progress = progress or Progress()
     files = list_volumes(cfg.data)
+    check_output_names(files)
     started = _init(ray, opts)
     try:
         with out_lock(cfg.out):

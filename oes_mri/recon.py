@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="returned DIP iterate: lowest held-out error (default; lowest data loss with "
                    "--holdout 0), last, or moving average")
     g.add_argument("--start", choices=STARTS, default=FitConfig.start,
-                   help="random (default): the generator's own first image; l1, sense or tv: a residual on that "
+                   help="none (default): the generator's own first image; l1, sense or tv: a residual on that "
                    "method's held-out-tuned image solved on the fit set (never returned worse, by held-out error)")
     g.add_argument("--input-jitter", type=float, default=FitConfig.input_jitter,
                    help="std of noise added to the generator input at every fit step (DIP's reg_noise_std, "
@@ -226,8 +226,15 @@ def make_config(args: argparse.Namespace):
 
     if not 1 <= args.accel < math.inf:
         raise InputError(None, f"--accel {args.accel}: must be a finite number >= 1")
-    if args.center_fraction is not None and not 0 < args.center_fraction <= 1:
-        raise InputError(None, f"--center-fraction {args.center_fraction}: must be in (0, 1]")
+    if args.center_fraction is not None and not 0 < args.center_fraction < 1:
+        raise InputError(None, f"--center-fraction {args.center_fraction}: must be in (0, 1)")
+    if args.center_fraction is not None and args.accel > 1 and args.center_fraction * args.accel >= 1:
+        raise InputError(None, f"--center-fraction {args.center_fraction:g} with --accel {args.accel:g}: the centre "
+                               f"alone is at least 1/{args.accel:g} of the lines; use a centre fraction below "
+                               f"{1 / args.accel:.3g}")
+    for flag, seed in (("--seed", args.seed), ("--dip-seed", args.dip_seed)):
+        if seed is not None and not 0 <= seed < 2**32:
+            raise InputError(None, f"{flag} {seed}: must be in [0, 2**32)")
     if args.batch_slices < 1:
         raise InputError(None, f"--batch-slices {args.batch_slices}: must be >= 1")
     try:

@@ -20,6 +20,11 @@ from oes_mri.physics.fft import center_crop, crop_readout
 from oes_mri.physics.masks import SamplingMask, default_center_fraction, make_sampling_mask, volume_seed
 from oes_mri.solvers.sparse_dip import SliceData
 
+MIN_ACS = 2
+"""Fewest calibration lines a new sampling mask may leave: with 0 or 1 the coil maps cannot be
+estimated (CG-SENSE then made a non-finite image); from 2 to 3 the low-resolution fallback maps
+are used (with their warning), from 4 ESPIRiT."""
+
 READOUTS = ("crop", "full")
 """``crop``: remove readout oversampling before the fits (when the readout is fully sampled,
 i.e. a column mask); coil maps are estimated on the acquired readout and cropped;
@@ -66,7 +71,16 @@ class Sampling:
                                             "(it is fully sampled)")
             return info.mask
         seed = volume_seed(info.path.name) if self.seed is None else self.seed
-        return make_sampling_mask(kind, info.shape, self.accel, self.center_fraction_of(info, None), seed)
+        try:
+            smask = make_sampling_mask(kind, info.shape, self.accel, self.center_fraction_of(info, None), seed)
+        except ValueError as err:
+            raise InputError(info.path, f"--sampling {kind} --accel {self.accel:g}: {err}") from None
+        if min(smask.acs_width, smask.acs_height) < MIN_ACS and self.accel > 1:
+            raise InputError(info.path, f"--sampling {kind} --accel {self.accel:g} --center-fraction "
+                                        f"{self.center_fraction_of(info, None):g} leaves {smask.acs_width} calibration "
+                                        f"line(s) of {info.shape[1]}; the coil maps need at least {MIN_ACS}: raise "
+                                        "--center-fraction")
+        return smask
 
 
 class MeasuredSlice(NamedTuple):

@@ -197,7 +197,7 @@ def test_cli_reconstructs_twix(tmp_path):
     assert main(["--data", str(h5), "--out", str(tmp_path / "b"), *args]) == 0
     recs = json.loads((tmp_path / "a" / "metrics.json").read_text())
     assert {r["method"] for r in recs} == {"zf", "sense"} and all(r["psnr"] > 15 for r in recs)
-    with h5py.File(tmp_path / "a" / "zf" / "siemens_gre_phantom_2coil.h5") as a, \
+    with h5py.File(tmp_path / "a" / "zf" / "siemens_gre_phantom_2coil_dat.h5") as a, \
             h5py.File(tmp_path / "b" / "zf" / "phantom_gre_2coil.h5") as b:
         ra, rb = a["reconstruction"][()], b["reconstruction"][()]
     assert ra.shape == rb.shape == (1, 160, 160)

@@ -91,11 +91,15 @@ class Regularised(Reconstructor):
         return self.validation.choose(lambda k, m, lam: self.solve(k, op.with_mask(m), lam), x.kspace, x.mask,
                                       self.seed, [self.lamda * f for f in LAMBDA_FACTORS])
 
+    def tuned_on(self, x: SliceData) -> bool:
+        """The weight is chosen by held-out error on slice ``x`` (tuning on, and samples to hold out)."""
+        return self.tuned and self.validation.usable(x.mask, tuple(x.kspace.shape[-2:]), x.source)
+
     def heldout_start(self, x: SliceData) -> tuple[torch.Tensor, float]:
         """The complex image ``(H, W)`` solved on the fit set (the held-out split's fold 0, the
         one the generator fits stop on) at the held-out-chosen weight, and that weight: a start
         whose held-out error is honest (it has not seen the held-out samples)."""
-        if not self.tuned:
+        if not self.tuned_on(x):
             return self.solve(x.kspace, _op(x), self.lamda).image, self.lamda
         lamda = self.choose(x).lamda
         split = self.validation.split(x.mask, tuple(x.kspace.shape[-2:]), self.seed)
@@ -103,7 +107,7 @@ class Regularised(Reconstructor):
 
     def _one(self, x: SliceData) -> Reconstruction:
         lamda, history = self.lamda, {}
-        if self.tuned:
+        if self.tuned_on(x):
             choice = self.choose(x)
             lamda, history = choice.lamda, {"lambda_grid": list(choice.grid), "lambda_errors": list(choice.errors)}
         return _result(x, self.solve(x.kspace, _op(x), lamda), {**history, "lambda": lamda})

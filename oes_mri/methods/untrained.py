@@ -48,7 +48,11 @@ class Untrained(Reconstructor):
         scores = list(scores) if scores is not None else [None] * len(xs)
         monitors = [None if sc is None else _monitor(x, sc) for x, sc in zip(xs, scores)]
         starts = [self.start(x) for x in xs]
-        outs = reconstruct_dip_batch(xs, self.config, weight_mask if self.volume_mask else None, progress,
+        cfg = self.config
+        if cfg.validation.enabled and not cfg.validation.usable(xs[0].mask, tuple(xs[0].kspace.shape[-2:]),
+                                                                 xs[0].source):
+            cfg = cfg.updated({"validation.share": 0.0, "validation.folds": 1})      # the slices share a mask
+        outs = reconstruct_dip_batch(xs, cfg, weight_mask if self.volume_mask else None, progress,
                                      monitors, inits, [s[0] if s else None for s in starts])
         return [Reconstruction(final_image(x, o.coil_images), o.coil_images, o.image,
                                {**o.history, **({"start_lambda": s[1], "start_seconds": s[2]} if s else {})},
@@ -57,7 +61,7 @@ class Untrained(Reconstructor):
     def start(self, x: SliceData) -> tuple | None:
         """``(image, lambda, seconds)`` of the classical start (``config.fit.start``), or ``None``."""
         name = self.config.fit.start
-        if name == "random":
+        if name == "none":
             return None
         if x.maps is None:
             raise ValueError(f"{x.source}: a classical start needs coil maps (it is a SENSE image)")

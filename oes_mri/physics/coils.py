@@ -33,7 +33,7 @@ from oes_mri.sigpy_bridge import run_app
 
 log = logging.getLogger("oes_mri")
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 class CoilMaps(NamedTuple):
@@ -132,10 +132,10 @@ LOWRES_CAVEAT = ("with so little calibration they cannot unfold aliasing, so CG-
 
 
 def map_cache_key(source: str | os.PathLike, slice_index: int, mask: SamplingMask, **settings) -> str:
-    """Cache key from the file (path, size, mtime), slice, calibration region and settings."""
+    """Cache key from the file's content, slice, calibration region and settings."""
     ident = file_identity(source)
     desc = {
-        "v": CACHE_VERSION, "path": ident["path"], "size": ident["size"], "mtime": ident["mtime"],
+        "v": CACHE_VERSION, "sha256": ident["sha256"], "size": ident["size"],
         "slice": int(slice_index),
         "acs": [mask.acs[0].start, mask.acs[0].stop, mask.acs[1].start, mask.acs[1].stop],
         "settings": settings,

@@ -84,7 +84,7 @@ def split_mask(mask: torch.Tensor, shape: tuple[int, int], share: float, kind: s
         flat, out_shape = free.reshape(-1), (H, W)
     candidates = flat.nonzero().reshape(-1)
     if candidates.numel() == 0:
-        raise ValueError("no measured sample outside the calibration region to hold out")
+        raise ValueError("no measured sample outside the calibration region to hold out (nothing to hold out)")
     val = torch.zeros(flat.numel(), dtype=torch.bool)
     val[_pick(candidates, share, seed)] = True
     val = val.reshape(out_shape)

@@ -56,7 +56,8 @@ class PruningConfig:
 
     def __post_init__(self) -> None:
         require(self.method in PRUNINGS, f"unknown pruning {self.method!r}; one of {', '.join(PRUNINGS)}")
-        require(0 < self.density <= 1, f"pruning density {self.density}: must be in (0, 1]")
+        require(0 < self.density < 1, f"pruning density {self.density}: must be in (0, 1) (a dense generator: "
+                                       "the method 'dip')")
         require(self.steps >= 1 and self.imp_rounds >= 1, "pruning steps and imp_rounds must be >= 1")
         require(self.scope in SCOPES, f"pruning scope {self.scope!r}: one of {', '.join(SCOPES)}")
         require(0 <= self.min_layer_density <= 1, f"min_layer_density {self.min_layer_density}: must be in [0, 1]")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import logging
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -22,8 +23,10 @@ from oes_mri.solvers.fastpath import FAST_PATHS
 from oes_mri.solvers.loop import LOG_EVERY, ValidationStop
 from oes_mri.solvers.tuning import LambdaChoice, Solver, choose_lambda
 
+log = logging.getLogger("oes_mri")
+
 OUTPUTS = ("best", "last", "ema")
-STARTS = ("random", "l1", "sense", "tv")
+STARTS = ("none", "l1", "sense", "tv")
 
 __all__ = ["DipConfig", "FitConfig", "OesConfig", "PruningConfig", "PRUNINGS", "SpeedConfig", "ValidationConfig",
            "WarmStart", "OUTPUTS"]
@@ -42,7 +45,7 @@ class FitConfig:
             ``reg_noise_std``; 0 = off, the default); fitted one slice at a time.
         retries: on divergence, retries from a fresh init at half the learning rate.
         log_every: steps between logs, monitoring and stopping-rule checks.
-        start: where the generator's image starts: "random" (the untrained generator's own
+        start: where the generator's image starts: "none" (the untrained generator's own
             output, DIP) or a classical method ("l1", "sense", "tv": its held-out-tuned image
             solved on the fit set, and the generator fits a residual on top of it,
             ``x = x_0 + G(z) - G_0(z)``; the held-out rule then never returns an iterate with a
@@ -63,7 +66,7 @@ class FitConfig:
     retries: int = 2
     log_every: int = LOG_EVERY
     penalty: float = 2e-3
-    start: str = "random"
+    start: str = "none"
 
     def __post_init__(self) -> None:
         require(0 <= self.penalty < math.inf, f"penalty {self.penalty}: must be finite and >= 0")
@@ -158,9 +161,32 @@ class ValidationConfig:
         return self.share > 0
 
     def split(self, mask: torch.Tensor, shape: tuple[int, int], seed: int, fold: int = 0) -> KspaceSplit:
-        """The held-out split of fold ``fold`` (seeded by ``seed`` and the fold)."""
+        """The held-out split of fold ``fold`` (seeded by ``seed`` and the fold).
+
+        Raises:
+            NothingToHoldOut: every measured sample is calibration (e.g. a fully sampled scan).
+        """
         kind = self.shape if mask.shape[0] == 1 else "points"
-        return split_mask(mask, shape, self.share, kind, seed=1_000_003 * fold + seed)
+        try:
+            return split_mask(mask, shape, self.share, kind, seed=1_000_003 * fold + seed)
+        except ValueError as err:
+            if "nothing" in str(err) or "no measured sample" in str(err):
+                raise NothingToHoldOut(str(err)) from None
+            raise
+
+    def usable(self, mask: torch.Tensor, shape: tuple[int, int], source: str = "") -> bool:
+        """Samples can be held out under ``mask``; if not (every measured sample is calibration,
+        as in a fully sampled scan), a warning says that the fits run without self-validation
+        (the step cap, the fixed lambdas)."""
+        if not self.enabled:
+            return False
+        try:
+            self.split(mask, shape, 0)
+            return True
+        except NothingToHoldOut:
+            log.warning("%s: no measured sample outside the calibration region to hold out; fitting without "
+                        "self-validation (the --steps budget, the fixed lambdas)", source or "k-space")
+            return False
 
     def choose(self, solve: Solver, kspace: torch.Tensor, mask: torch.Tensor, seed: int,
                grid: Sequence[float]) -> LambdaChoice:
@@ -174,6 +200,10 @@ class ValidationConfig:
         if not self.enabled:
             return None
         return ValidationStop(slices, self.patience, self.informative, self.fallback_steps, self.smoothing)
+
+
+class NothingToHoldOut(ValueError):
+    """No measured sample outside the calibration region: nothing can be held out."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,7 +274,7 @@ class DipConfig:
 
     def __post_init__(self) -> None:
         require(not (self.speed.cuda_graph and self.fit.input_jitter), "cuda_graph does not combine with input_jitter")
-        require(self.fit.start == "random" or self.validation.folds == 1,
+        require(self.fit.start == "none" or self.validation.folds == 1,
                 "a classical start is solved on one fit set: it does not combine with held-out folds > 1")
 
     @property

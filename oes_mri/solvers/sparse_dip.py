@@ -175,6 +175,22 @@ def _init_seed(cfg: DipConfig, weight_mask: WeightMask | None) -> int:
     return cfg.seed
 
 
+DIVERGED = 3.0
+"""A fit whose returned iterate's data error (on every measured sample, relative: 1 is the error
+of predicting zeros) is above this has diverged, even if its numbers stayed finite (measured:
+``--lr 10`` gave -19.9 dB at a finite loss)."""
+
+
+def check_data_error(st: FitSetup, res: FitResult) -> None:
+    """Raise :class:`FitDiverged` when the chosen iterate fits the data far worse than zeros."""
+    with torch.no_grad():
+        y = st.problem.y
+        r = st.problem.forward(res.best) - y
+        err = float((r.real.square() + r.imag.square()).sum() / (y.real.square() + y.imag.square()).sum())
+    if not err <= DIVERGED:
+        raise FitDiverged(f"the fitted image's data error is {err:.3g} times that of zeros")
+
+
 def _kept_start(st: FitSetup, out: torch.Tensor) -> bool:
     """A residual fit's chosen iterate predicts the held-out samples worse than its classical
     start (the raw held-out error; the rule reads it smoothed): the start is returned instead."""
@@ -243,10 +259,11 @@ def _fit_one(job: Job, cfg: DipConfig, progress) -> DipOutput:
                       cuda_graph=cfg.speed.cuda_graph, input_jitter=cfg.fit.input_jitter, jitter_seed=seed,
                       schedule=cfg.fit.lr_schedule, stop=cfg.validation.rule(1),
                       channels_last=fast.path == "channels_last")
+            check_data_error(st, res)
             return _output(cfg, st, res, lr, time.perf_counter() - t1, fast)
         except FitDiverged as err:
             if attempt == cfg.fit.retries:
-                raise
+                raise FitDiverged(f"{job.x.source}: {err}") from None
             log.warning("%s: %s; retrying from a fresh init with learning rate %g", job.x.source, err, lr / 2)
             lr, seed, init = lr / 2, seed + 1000, None
     raise AssertionError("unreachable")
@@ -329,6 +346,8 @@ def _fit_jobs(jobs: list[Job], cfg: DipConfig, progress: Callable[[int, dict], N
                               [st.fit_mask for st in sts], cfg.fit.log_every,
                               [_scaled(j.monitor, st.problem) for st, j in zip(sts, jobs)], progress,
                               cfg.speed.cuda_graph, cfg.fit.lr_schedule, cfg.validation.rule(len(jobs)))
+        for st, res in zip(sts, results):
+            check_data_error(st, res)
     except FitDiverged as err:
         log.warning("batch %s: %s; fitting its slices one at a time", jobs[0].x.source, err)
         return one_at_a_time(jobs)

@@ -1,0 +1,125 @@
+"""Issue 29's defects, one test each (a table where they share a shape): every case exits 0
+with a right result or 2 with one line naming the file or flag."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from oes_mri.recon import main
+
+ZF = ["--methods", "zf", "--no-figures", "--quiet"]
+TINY = ["--arch", "hourglass-tiny", "--steps", "10", "--prune-steps", "3", "--fast-path", "fp32"]
+
+
+def _run(capsys, *args) -> tuple[int, str]:
+    rc = main([*args])
+    return rc, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("defect,args,flag", [
+    ("11_accel_100", ["--accel", "100"], "--accel"),
+    ("11_centre_beyond_accel", ["--center-fraction", "0.9", "--accel", "8"], "--center-fraction"),
+    ("12_no_centre_lines", ["--center-fraction", "0.0001"], "--center-fraction"),
+    ("12_equispaced_1000", ["--sampling", "equispaced", "--accel", "1000"], "--accel"),
+    ("13_centre_fraction_1", ["--center-fraction", "1"], "--center-fraction"),
+    ("13_density_1", ["--methods", "oes", "--density", "1"], "--density"),
+    ("14_accel_1e9", ["--accel", "1e9"], "--accel"),
+    ("15_seed_negative", ["--seed", "-1"], "--seed"),
+    ("15_seed_beyond_2_64", ["--seed", str(2**64 + 1)], "--seed"),
+    ("16_poisson_accel_1", ["--sampling", "poisson", "--accel", "1"], "--sampling poisson"),
+])
+def test_settings_that_cannot_make_a_measurement_exit_2(tiny_file, tmp_path, capsys, defect, args, flag):
+    rc, err = _run(capsys, "--data", str(tiny_file), "--out", str(tmp_path), *ZF, *args)
+    assert rc == 2 and len(err.splitlines()) == 1 and flag in err and "Traceback" not in err, (defect, err)
+
+
+@pytest.mark.parametrize("defect,args", [("11_accel_1", ["--accel", "1"]),
+                                         ("11_file_mask_all_ones", ["--accel", "1", "--center-fraction", "0.5"])])
+def test_nothing_to_hold_out_falls_back(tiny_file, tmp_path, capsys, caplog, defect, args):
+    """Fully sampled: nothing can be held out; the fits run without self-validation, say so, exit 0."""
+    rc, err = _run(capsys, "--data", str(tiny_file), "--out", str(tmp_path), "--methods", "sense,dip", *TINY,
+                   "--no-figures", "--quiet", *args)
+    assert rc == 0, err
+    assert "without self-validation" in caplog.text
+    recs = json.loads((tmp_path / "metrics.json").read_text())
+    assert all(r["psnr"] > 40 for r in recs)
+
+
+def test_05_a_fit_that_diverges_finitely_exits_2(tiny_file, tmp_path, capsys):
+    rc, err = _run(capsys, "--data", str(tiny_file), "--out", str(tmp_path), "--methods", "dip", *TINY,
+                   "--lr", "1e6", "--no-figures", "--quiet")
+    assert rc == 2 and err.splitlines()[-1].startswith("error: tiny_vol.h5:") and "data error" in err
+    assert not (tmp_path / "dip" / "tiny_vol.h5").exists()
+
+
+def test_01_same_stem_other_extension_never_share_outputs(tiny_file, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(tiny_file, data / "vol.h5")
+    shutil.copy(tiny_file, data / "vol.hdf5")
+    rc, err = _run(capsys, "--data", str(data), "--out", str(tmp_path / "out"), *ZF)
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "out" / "zf").iterdir()) == ["vol.h5", "vol_hdf5.h5"]
+    assert len(json.loads((tmp_path / "out" / "metrics.json").read_text())) == 2
+
+
+def test_02_overwrite_never_deletes_the_input(tiny_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    (out / "zf").mkdir(parents=True)
+    src = out / "zf" / "x.h5"
+    shutil.copy(tiny_file, src)
+    before = src.read_bytes()
+    rc, err = _run(capsys, "--data", str(src), "--out", str(out), *ZF, "--overwrite")
+    assert rc == 2 and "input file itself" in err and len(err.splitlines()) == 1
+    assert src.read_bytes() == before
+
+
+def test_03_another_pruning_mask_under_the_same_name_is_not_reused(tiny_file, tmp_path, capsys):
+    from oes_mri.nets.generator import ArchConfig, build_generator
+    from oes_mri.pruning.baselines import baseline_mask
+
+    gen = build_generator(ArchConfig("hourglass-tiny"), (32, 36))
+    path = tmp_path / "m.safetensors"
+    meta = {"arch": ArchConfig("hourglass-tiny").to_dict()}
+    baseline_mask("random", gen, 0.2, seed=0, meta=meta).save(path)
+    args = ["--data", str(tiny_file), "--out", str(tmp_path / "out"), "--methods", "oes", *TINY,
+            "--pruning-mask", str(path), "--no-figures", "--quiet", "--slices", "0"]
+    assert _run(capsys, *args)[0] == 0
+    baseline_mask("random", gen, 0.2, seed=1, meta=meta).save(path)          # same name, other mask
+    rc, err = _run(capsys, *args)
+    assert rc == 2 and "other settings" in err
+
+
+def test_04_input_rewritten_with_same_size_and_mtime_is_noticed(tiny_file, tmp_path, capsys):
+    src = tmp_path / "x.h5"
+    shutil.copy(tiny_file, src)
+    args = ["--data", str(src), "--out", str(tmp_path / "out"), *ZF]
+    assert _run(capsys, *args)[0] == 0
+    st = os.stat(src)
+    with h5py.File(src, "r+") as f:                    # same size: one k-space value changed
+        k = f["kspace"]
+        k[0, 0, 10, 10] = k[0, 0, 10, 10] * 2
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(src).st_size == st.st_size and os.stat(src).st_mtime_ns == st.st_mtime_ns
+    rc, err = _run(capsys, *args)
+    assert rc == 2 and "other settings" in err
+
+
+@pytest.mark.parametrize("bad", ["nan", "zeros"])
+def test_06_unscorable_target_says_no_target(tiny_file, tmp_path, capsys, recwarn, bad):
+    src = tmp_path / "x.h5"
+    shutil.copy(tiny_file, src)
+    with h5py.File(src, "r+") as f:
+        t = f["reconstruction_rss"]
+        t[...] = np.nan if bad == "nan" else 0.0
+    rc, err = _run(capsys, "--data", str(src), "--out", str(tmp_path / "out"), *ZF)
+    assert rc == 0
+    rec = json.loads((tmp_path / "out" / "metrics.json").read_text())[0]
+    assert rec["psnr"] is None and rec["ssim"] is None
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
