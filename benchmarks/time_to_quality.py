@@ -87,6 +87,8 @@ CONFIGS: dict[str, Config] = {
     "l1+dip-w4": Config("dip", {"fit.start": "l1"}, hourglass(0.25),
                         note="dense quarter width, a residual on the held-out L1 image (its seconds included)"),
     "l1+dip-w2": Config("dip", {"fit.start": "l1"}, hourglass(0.5), note="the same at half width"),
+    "l1+dip-w4-lr3": Config("dip", {"fit.start": "l1", "fit.lr": 1e-3}, hourglass(0.25),
+                            note="the residual on L1 at learning rate 1e-3"),
     "l1+soes-25": Config("oes-channels", {"fit.start": "l1", "pruning.density": 0.25},
                          note="OES channels (a quarter) on the held-out L1 image"),
 }
