@@ -380,6 +380,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=25)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=OUT)
+    p.add_argument("--report-only", action="store_true", help="rebuild the table and figure from the rows")
     args = p.parse_args(argv)
     bad = [c for c in args.configs if c not in CONFIGS]
     if bad:
@@ -392,7 +393,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     rows = Rows(args.out / "rows.jsonl")
     try:
-        measure(args, rows)
+        if not args.report_only:
+            measure(args, rows)
     finally:
         write(rows, args, args.out)
 
