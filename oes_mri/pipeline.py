@@ -32,6 +32,7 @@ from oes_mri.errors import InputError
 from oes_mri.fileid import file_identity
 from oes_mri.methods import Reconstruction, Reconstructor, Score, make
 from oes_mri.metrics import scorable, slice_metrics, volume_metrics
+from oes_mri.nets.generator import build_generator
 from oes_mri.physics.coils import MapCache
 from oes_mri.progress import Progress
 from oes_mri.pruning.weightmask import WeightMask
@@ -172,10 +173,14 @@ class VolumeData:
         if cfg.weight_mask is None or cfg.mask_method is None:
             return None
         wm = WeightMask.load(cfg.weight_mask)
-        arch = cfg.method(cfg.mask_method).config.arch.to_dict()
-        if wm.meta.get("arch") not in (None, arch):
-            raise InputError(cfg.weight_mask, f"weight mask was made for architecture {wm.meta.get('arch')}, "
-                                              f"not {arch}")
+        arch = cfg.method(cfg.mask_method).config.arch
+        if wm.meta.get("arch") not in (None, arch.to_dict()):
+            raise InputError(cfg.weight_mask, f"--pruning-mask was made for architecture {wm.meta.get('arch')}, "
+                                              f"not {arch.to_dict()}")
+        try:
+            wm.check_fits(build_generator(arch, (64, 64), int(wm.meta.get("num_images", 1))), cfg.weight_mask)
+        except InputError as err:
+            raise InputError(cfg.weight_mask, f"--pruning-mask: {err.problem}") from None
         return wm
 
     def learn_mask(self, progress: Progress | None = None) -> tuple[WeightMask, SliceResult]:
@@ -409,6 +414,14 @@ class VolumeRun(VolumeData):
                 "lambda": lambdas or None, "device": str(self.device), "fast_path": ",".join(paths) or None}
 
 
+def file_error(path: Path, err: BaseException) -> InputError:
+    """Any error of one file of a folder run as one line naming the file."""
+    if isinstance(err, InputError):
+        return err
+    first = (str(err).splitlines() or [""])[0][:200]
+    return InputError(path, f"{type(err).__name__}: {first}" if first else type(err).__name__)
+
+
 def output_stem(path: Path) -> str:
     """The name a volume's outputs take: the file's stem for ``.h5``, else its whole name with
     the dots as underscores (``vol.dat`` -> ``vol_dat``), so inputs that differ only in their
@@ -434,8 +447,9 @@ def run(cfg: RunConfig, progress: Progress | None = None,
         on_volume: Callable[[VolumeRun, list[dict]], None] | None = None) -> list[dict]:
     """Reconstruct every volume of ``cfg.data``; returns this run's metric records.
 
-    A bad file of a folder is reported (a warning naming it) and the others go on; the run
-    then raises :class:`InputError` listing the failed files.
+    A file of a folder that fails, for any reason, is reported (a warning naming it,
+    :func:`file_error`) and the others go on; the run then raises :class:`InputError` listing
+    the failed files. A single file's error is raised as it is.
     """
     records: list[dict] = []
     failed: list[str] = []
@@ -446,10 +460,10 @@ def run(cfg: RunConfig, progress: Progress | None = None,
             try:
                 vol = VolumeRun(f, cfg, progress)
                 recs = vol.run()
-            except InputError as err:
+            except Exception as err:  # noqa: BLE001 - one bad file of a folder must not stop the others
                 if f == cfg.data:
                     raise
-                log.warning("error: %s (skipped)", err)
+                log.warning("error: %s (skipped)", file_error(f, err))
                 failed.append(f.name)
                 continue
             write_metrics(cfg.out, recs)

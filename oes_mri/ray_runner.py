@@ -26,7 +26,7 @@ from typing import Callable
 
 from oes_mri.data.volumes import list_volumes
 from oes_mri.errors import InputError
-from oes_mri.pipeline import RunConfig, VolumeData, VolumeRun, Warm, check_output_names
+from oes_mri.pipeline import RunConfig, VolumeData, VolumeRun, Warm, check_output_names, file_error
 from oes_mri.progress import Progress
 from oes_mri.storage import SliceResult, out_lock, write_metrics
 from oes_mri.pruning.weightmask import WeightMask
@@ -156,12 +156,13 @@ def _run_locked(ray, cfg: RunConfig, opts: RayOptions, files: list, progress: Pr
         v, kind = pending.pop(ref)
         try:
             result = ray.get(ref)
-        except ray.exceptions.RayTaskError as err:
-            if not isinstance(err.cause, InputError):
-                raise
+        except ray.exceptions.RayError as err:
+            cause = getattr(err, "cause", None) or err
             if len(files) == 1:
-                raise err.cause from None
-            log.warning("error: %s (skipped)", err.cause)
+                if isinstance(cause, InputError):
+                    raise cause from None
+                raise
+            log.warning("error: %s (skipped)", file_error(v.run.info.path, cause))
             failed.append(v.run.info.path.name)
             for other in [r for r, (w, _) in pending.items() if w is v]:
                 ray.cancel(other)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import platform
+import shlex
 from pathlib import Path
 from typing import NamedTuple
 
@@ -145,7 +146,7 @@ def write_report(out: Path, records: list[dict], figures: list[str], argv: list[
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - versions are informative only
             versions[mod] = "?"
-    lines = ["# oes-mri reconstruction report", "", "Command:", "", "```", " ".join(["python -m oes_mri.recon", *argv]),
+    lines = ["# oes-mri reconstruction report", "", "Command:", "", "```", "python -m oes_mri.recon " + shlex.join(argv),
              "```", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
              f"; machine: {platform.machine()}, {platform.system()}", "",
              "Metrics: fastMRI definitions (volume-wise NMSE, PSNR and SSIM with data_range = volume max), "

@@ -7,6 +7,7 @@ from k-space and a sampling mask to what a method sees, for the CLI and the Pyth
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -19,6 +20,8 @@ from oes_mri.physics.coils import CoilMaps, MapCache, estimate_maps, map_cache_k
 from oes_mri.physics.fft import center_crop, crop_readout
 from oes_mri.physics.masks import SamplingMask, default_center_fraction, make_sampling_mask, volume_seed
 from oes_mri.solvers.sparse_dip import SliceData
+
+log = logging.getLogger("oes_mri")
 
 MIN_ACS = 2
 """Fewest calibration lines a new sampling mask may leave: with 0 or 1 the coil maps cannot be
@@ -69,6 +72,9 @@ class Sampling:
             if info.mask is None:
                 raise InputError(info.path, "--sampling file given but the file holds no 'mask' dataset "
                                             "(it is fully sampled)")
+            if self.center_fraction is not None or self.accel != Sampling.accel:
+                log.warning("%s: the file's own sampling is used (%.2fx); --accel and --center-fraction do not "
+                            "apply to it", info.path, info.mask.acceleration)
             return info.mask
         seed = volume_seed(info.path.name) if self.seed is None else self.seed
         try:
@@ -133,5 +139,5 @@ def prepare_slice(info: VolumeInfo, smask: SamplingMask, index: int, device: tor
     ckey = map_cache_key(info.path, index, smask, mask_kind=smask.kind, **key, maps_on="acquired")
 
     def maps(y: torch.Tensor) -> CoilMaps:
-        return maps_cache.get_or_compute(ckey, lambda: estimate_maps(y, smask, source=source))
+        return maps_cache.get_or_compute(ckey, lambda: estimate_maps(y, smask, source=source), tuple(y.shape))
     return MeasuredSlice(measure(kspace.to(device), smask, info.header.recon_size, readout, maps, source), target)

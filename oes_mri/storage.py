@@ -135,10 +135,10 @@ def write_metrics(out: Path, records: list[dict]) -> list[dict]:
     old = read_json(path) if path.exists() else []
     if not isinstance(old, list) or not all(isinstance(r, dict) and {"file", "method"} <= r.keys() for r in old):
         raise InputError(path, "is not a list of metric records; remove it or use another --out")
-    records = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
-               for r in records]                                   # strict JSON: no Infinity / NaN
     keys = {(r["file"], r["method"]) for r in records}
     merged = [r for r in old if (r["file"], r["method"]) not in keys] + records
+    merged = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
+              for r in merged]                                     # strict JSON: no Infinity / NaN, old rows too
     atomic_write_bytes(path, json.dumps(merged, indent=2, allow_nan=False).encode())
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=RECORD_KEYS)

@@ -123,3 +123,74 @@ def test_06_unscorable_target_says_no_target(tiny_file, tmp_path, capsys, recwar
     rec = json.loads((tmp_path / "out" / "metrics.json").read_text())[0]
     assert rec["psnr"] is None and rec["ssim"] is None
     assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("defect", ["09_10_group_kspace"])
+def test_a_bad_file_of_a_folder_is_reported_and_the_others_done(tiny_file, tmp_path, capsys, caplog, defect):
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(tiny_file, data / "a_good.h5")
+    with h5py.File(data / "b_bad.h5", "w") as f:          # 'kspace' stored as a group
+        f.create_group("kspace")
+    rc, err = _run(capsys, "--data", str(data), "--out", str(tmp_path / "out"), *ZF)
+    assert rc == 2 and "b_bad.h5" in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert (tmp_path / "out" / "zf" / "a_good.h5").exists()
+
+
+def test_19_invalid_map_cache_entries_are_recomputed(tiny_file, tmp_path, capsys, caplog):
+    from oes_mri.data.sample import cache_dir
+
+    out, src = tmp_path / "out", tmp_path / "x.h5"
+    shutil.copy(tiny_file, src)
+    with h5py.File(src, "r+") as f:                       # content of its own: map cache entries of its own
+        f["kspace"][0, 0, 0, 0] += 1e-9
+    before = set((cache_dir() / "maps").glob("*.npz"))
+    assert _run(capsys, "--data", str(src), "--out", str(out), "--methods", "sense", "--no-figures",
+                "--quiet")[0] == 0
+    ref = json.loads((out / "metrics.json").read_text())[0]["psnr"]
+    entries = sorted(set((cache_dir() / "maps").glob("*.npz")) - before)
+    assert len(entries) == 2
+    for bad, path in zip(("zeros", "huge"), entries):
+        with np.load(path) as z:
+            maps, method = z["maps"], z["method"]
+        np.savez(path, maps=maps * (0 if bad == "zeros" else 1e20), method=method)
+    rc, err = _run(capsys, "--data", str(src), "--out", str(tmp_path / "again"), "--methods", "sense",
+                   "--no-figures", "--quiet")
+    assert rc == 0 and caplog.text.count("invalid map cache entry") == 2
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text())[0]["psnr"] == pytest.approx(ref)
+
+
+def test_20_metrics_json_holding_nan_is_rewritten(tiny_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text('[{"file": "old.h5", "method": "zf", "psnr": NaN}]')
+    rc, err = _run(capsys, "--data", str(tiny_file), "--out", str(out), *ZF)
+    assert rc == 0, err
+    recs = json.loads((out / "metrics.json").read_text())
+    assert {r["file"].split("/")[-1] for r in recs} == {"old.h5", "tiny_vol.h5"} and recs[0]["psnr"] is None
+
+
+def test_23_wrong_pruning_mask_names_the_flag_and_file(tiny_file, tmp_path, capsys):
+    from oes_mri.nets.generator import ArchConfig, build_generator
+    from oes_mri.pruning.baselines import baseline_mask
+
+    path = tmp_path / "other.safetensors"
+    gen = build_generator(ArchConfig("hourglass", {"channels": [4, 4]}), (32, 36))
+    baseline_mask("random", gen, 0.2, seed=0, meta={}).save(path)           # no arch in its metadata
+    rc, err = _run(capsys, "--data", str(tiny_file), "--out", str(tmp_path / "out"), "--methods", "oes", *TINY,
+                   "--pruning-mask", str(path), "--no-figures", "--quiet")
+    assert rc == 2 and "--pruning-mask" in err and str(path) in err and len(err.splitlines()) == 1
+
+
+def test_25_own_sampling_says_accel_does_not_apply(tmp_path, capsys, caplog):
+    from tests.conftest import shared_file
+
+    path = shared_file("brain_t1_8coil_poisson8_undersampled.h5")
+    rc, _ = _run(capsys, "--data", str(path), "--out", str(tmp_path), *ZF, "--accel", "8")
+    assert rc == 0 and "--accel and --center-fraction do not apply" in caplog.text
+
+
+def test_26_report_command_is_shell_quoted(tiny_file, tmp_path, capsys):
+    out = tmp_path / "with space"
+    assert _run(capsys, "--data", str(tiny_file), "--out", str(out), "--methods", "zf", "--quiet")[0] == 0
+    assert f"--out '{out}'" in (out / "report.md").read_text()

@@ -34,6 +34,8 @@ from oes_mri.sigpy_bridge import run_app
 log = logging.getLogger("oes_mri")
 
 CACHE_VERSION = 2
+MAX_MAP = 10.0
+"""Largest plausible sensitivity magnitude in a cached map (ESPIRiT's and the fallback's are at most about 1)."""
 
 
 class CoilMaps(NamedTuple):
@@ -149,14 +151,18 @@ class MapCache:
     def __init__(self, folder: str | os.PathLike) -> None:
         self.folder = Path(folder)
 
-    def get_or_compute(self, key: str, compute) -> CoilMaps:
-        """The cached maps for ``key``, or ``compute()`` stored under it."""
+    def get_or_compute(self, key: str, compute, shape: tuple[int, ...] | None = None) -> CoilMaps:
+        """The cached maps for ``key``, or ``compute()`` stored under it. A cached entry is used
+        only when it is complex, finite, of ``shape`` ``(C, H, W)`` (when given), not all zero and
+        of sensitivity-map size (magnitudes at most :data:`MAX_MAP`); else it is recomputed."""
         path = self.folder / f"{key}.npz"
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as z:
                     maps = z["maps"]
-                    if np.iscomplexobj(maps) and maps.ndim == 3 and np.isfinite(maps).all():
+                    if (np.iscomplexobj(maps) and maps.ndim == 3 and np.isfinite(maps).all()
+                            and (shape is None or tuple(maps.shape) == tuple(shape))
+                            and 0 < np.abs(maps).max() <= MAX_MAP):
                         method = str(z["method"])
                         if method == "lowres":           # the caveat of the first run, again
                             log.warning("%s: cached low-resolution fallback maps: %s", path, LOWRES_CAVEAT)
