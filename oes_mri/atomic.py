@@ -15,16 +15,32 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     is removed. ``path`` is always either the old file or the whole new one, with the
     permissions a plain ``open`` would give it (``0o666`` less the umask)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise _naming(err, path) from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as err:                      # disk full, no permission (h5py: a message without a file)
+        Path(tmp).unlink(missing_ok=True)
+        raise _naming(err, path) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """``err`` as an ``OSError`` that names ``path`` and says what happened in one line."""
+    if err.filename and err.strerror:
+        return err
+    what = err.strerror or (str(err).splitlines() or [type(err).__name__])[0]
+    if "No space left" in str(err) or getattr(err, "errno", None) == 28:
+        what = "No space left on device"
+    return OSError(err.errno, what, str(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

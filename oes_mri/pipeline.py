@@ -266,7 +266,8 @@ class VolumeRun(VolumeData):
     def fingerprint(self, method: str) -> dict:
         """The run's settings for ``method`` plus what this volume adds: the input file's
         identity, and for a volume-learned OES mask the slice it is learned on."""
-        fp = dict(self.cfg.fingerprint(method), input=file_identity(self.info.path))
+        fp = dict(self.cfg.fingerprint(method), input=file_identity(self.info.path),
+                  center_fraction=self.cfg.sampling.center_fraction_of(self.info, self.smask))   # given = default
         if method == self.cfg.mask_method and self.cfg.mask_per == "volume" and self.cfg.weight_mask is None:
             fp["reference_slice"] = self.reference_slice
         return fp

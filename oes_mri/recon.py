@@ -17,6 +17,7 @@ import argparse
 import logging
 import math
 import sys
+import warnings
 from pathlib import Path
 
 from oes_mri.errors import InputError
@@ -337,6 +338,9 @@ def _figures(vol, records: list[dict]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    if not args.debug:                         # readers' chatter would print before the one-line error
+        warnings.filterwarnings("ignore", module=r"(xsdata|twixtools)(\.|$)")
+        warnings.filterwarnings("ignore", category=ResourceWarning)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
     try:
@@ -358,10 +362,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _one_line(err: BaseException) -> str:
     """A fit that diverged at every retry, or a file system error (disk full, no permission),
-    as one line naming the file."""
+    as one line naming the file (the cache folder and its variable when it is there)."""
     if isinstance(err, OSError):
+        from oes_mri.data.sample import cache_dir
+
+        what = err.strerror or (str(err).splitlines() or [type(err).__name__])[0]
         where = f"{err.filename}: " if err.filename else ""
-        return f"{where}{err.strerror or type(err).__name__} (finished slices are kept; rerun to resume)"
+        cache = cache_dir()
+        if err.filename and Path(err.filename).resolve().is_relative_to(cache.resolve()):
+            return (f"{where}{what}: the cache folder {cache} cannot be written; make it writable or set "
+                    "OES_MRI_CACHE to another folder")
+        return f"{where}{what} (finished slices are kept; rerun to resume)"
     return f"{err} (try a lower --lr)"
 
 

@@ -194,3 +194,148 @@ def test_26_report_command_is_shell_quoted(tiny_file, tmp_path, capsys):
     out = tmp_path / "with space"
     assert _run(capsys, "--data", str(tiny_file), "--out", str(out), "--methods", "zf", "--quiet")[0] == 0
     assert f"--out '{out}'" in (out / "report.md").read_text()
+
+
+def test_explicit_centre_fraction_equal_to_the_default_is_the_same_run(tiny_file, tmp_path, capsys):
+    args = ["--data", str(tiny_file), "--out", str(tmp_path), *ZF]
+    assert _run(capsys, *args)[0] == 0
+    rc, err = _run(capsys, *args, "--center-fraction", "0.08")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize("defect,args,flag", [
+    ("08_no_workers", ["--ray", "local", "--ray-workers", "0"], "--ray-workers"),
+    ("08_gpu_tasks_without_gpu", ["--ray", "local", "--ray-task-gpus", "1"], "--ray-task-gpus"),
+    ("08_nothing_listens", ["--ray", "127.0.0.1:1"], "--ray 127.0.0.1:1"),
+])
+def test_08_ray_options_that_would_hang_exit_2(tiny_file, tmp_path, capsys, defect, args, flag):
+    import torch
+
+    if "gpu" in defect and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    rc, err = _run(capsys, "--data", str(tiny_file), "--out", str(tmp_path), *ZF, *args)
+    assert rc == 2 and flag in err and len(err.splitlines()) == 1, err
+
+
+def test_07_implausible_kspace_scale_warns(caplog):
+    from pathlib import Path
+
+    from oes_mri.data.volumes import check_scale
+
+    k = (np.random.default_rng(0).standard_normal((2, 4, 16, 16)) * 1e-4).astype(np.complex64)
+    check_scale(k, Path("scan.dat"))
+    assert "implausible" not in caplog.text
+    k[0, 0, 3, 3] = 6.5e7                                     # a bit-flipped sample
+    check_scale(k, Path("scan.dat"))
+    assert "scan.dat: implausible k-space values" in caplog.text
+
+
+def _ismrmrd(tmp_path, name):
+    from oes_mri.data.ismrmrd_io import write_ismrmrd
+    from oes_mri.data.volumes import load_volume
+    from tests.conftest import phantom_image
+    from oes_mri.data.simulate import write_fastmri_file
+
+    src = write_fastmri_file(tmp_path / "src.h5", phantom_image(32)[None], num_coils=2, snr=40.0, seed=0)
+    vol = load_volume(src)
+    path = tmp_path / name
+    write_ismrmrd(path, vol.kspace.numpy(), vol.recon_size)
+    return path
+
+
+def test_17_ismrmrd_claiming_a_huge_matrix_is_refused_before_allocating(tmp_path, capsys):
+    path = _ismrmrd(tmp_path, "huge.h5")
+    with h5py.File(path, "r+") as f:
+        xml = f["dataset"]["xml"][0]
+        xml = (xml.decode() if isinstance(xml, bytes) else xml).replace("<x>64</x>", "<x>4000000</x>", 1)
+        del f["dataset"]["xml"]
+        f["dataset"].create_dataset("xml", data=[xml.encode()])
+    rc, err = _run(capsys, "--data", str(path), "--out", str(tmp_path / "out"), *ZF)
+    assert rc == 2 and "huge.h5" in err and "GiB" in err and len(err.splitlines()) == 1, err
+
+
+def test_24_ismrmrd_without_acquisitions_says_so(tmp_path, capsys):
+    path = _ismrmrd(tmp_path, "empty.h5")
+    with h5py.File(path, "r+") as f:
+        del f["dataset"]["data"]
+    rc, err = _run(capsys, "--data", str(path), "--out", str(tmp_path / "out"), *ZF)
+    assert rc == 2 and "no acquisitions" in err and len(err.splitlines()) == 1, err
+
+
+def test_18_truncated_twix_is_one_line(tmp_path, capsys):
+    pytest.importorskip("twixtools")
+    from tests.conftest import shared_file
+
+    src = shared_file("siemens_gre_phantom_2coil.dat")
+    cut = tmp_path / "cut.dat"
+    data = src.read_bytes()
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    rc, err = _run(capsys, "--data", str(cut), "--out", str(tmp_path / "out"), *ZF)
+    assert rc == 2 and "cut.dat" in err and len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_21_22_file_system_errors_name_the_file_and_the_cache_variable(tmp_path):
+    import errno
+
+    from oes_mri.atomic import atomic_path
+    from oes_mri.data.sample import cache_dir
+    from oes_mri.recon import _one_line
+
+    target = tmp_path / "o.h5"
+    with pytest.raises(OSError) as info:
+        with atomic_path(target):
+            raise OSError("Can't write data (file write failed: errno = 28, error message = 'No space left on "
+                          "device')\\nsecond line")
+    assert info.value.filename == str(target) and "No space left" in _one_line(info.value)
+    assert len(_one_line(info.value).splitlines()) == 1
+    ro = OSError(errno.EACCES, "Permission denied", str(cache_dir() / "maps" / "x.npz"))
+    line = _one_line(ro)
+    assert "OES_MRI_CACHE" in line and "rerun" not in line
+
+
+def _ray_processes() -> dict[int, str]:
+    """pid -> RAY_NODE_ID of the processes of any Ray instance on this machine."""
+    out = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            except OSError:
+                continue
+            node = [e[12:].decode() for e in env if e.startswith(b"RAY_NODE_ID=")]
+            if node:
+                out[int(pid)] = node[0]
+    return out
+
+
+def test_08_kill_9_of_a_ray_run_leaves_no_ray_process(tiny_file, tmp_path):
+    """kill -9 of the driver: the watchdog ends the local Ray instance's processes."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytest.importorskip("ray")
+    if not os.path.isdir("/proc"):
+        pytest.skip("needs /proc")
+    before = set(_ray_processes().values())
+    proc = subprocess.Popen([sys.executable, "-m", "oes_mri.recon", "--data", str(tiny_file), "--out", str(tmp_path),
+                             "--methods", "dip", *TINY[:2], "--steps", "5000", "--ray", "local", "--ray-workers", "1",
+                             "--no-figures", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, nodes = time.time() + 90, set()
+        while time.time() < deadline and not nodes:
+            time.sleep(1)
+            nodes = set(_ray_processes().values()) - before
+        assert nodes, "Ray did not start"
+        time.sleep(3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and set(_ray_processes().values()) & nodes:
+        time.sleep(1)
+    left = {p: n for p, n in _ray_processes().items() if n in nodes}
+    for p in left:
+        os.kill(p, signal.SIGKILL)
+    assert not left, f"Ray processes left behind: {sorted(left)}"

@@ -28,7 +28,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from oes_mri.data.fastmri_io import Header
+from oes_mri.data.fastmri_io import Header, check_size
 from oes_mri.data.rawscan import RawScan, centre_offset
 from oes_mri.errors import InputError
 
@@ -36,8 +36,9 @@ GROUP = "dataset"
 
 
 def is_ismrmrd(hf: h5py.File) -> bool:
-    """An open HDF5 file is an ISMRMRD dataset (``/dataset/xml`` and ``/dataset/data``)."""
-    return GROUP in hf and isinstance(hf[GROUP], h5py.Group) and "xml" in hf[GROUP] and "data" in hf[GROUP]
+    """An open HDF5 file is an ISMRMRD dataset (a ``/dataset`` group with its ``xml`` header;
+    :func:`read_ismrmrd` names what else is missing)."""
+    return GROUP in hf and isinstance(hf[GROUP], h5py.Group) and "xml" in hf[GROUP]
 
 
 def _skipped_flags() -> int:
@@ -96,6 +97,8 @@ def read_ismrmrd(path: str | Path, contrast: int = 0, repetition: int | None = N
     with h5py.File(path, "r") as hf:
         hdr = _header(path, hf[GROUP]["xml"][0])
         (H, W), recon, cols, thickness, rs = _geometry(path, hdr)
+        if "data" not in hf[GROUP] or not isinstance(hf[GROUP]["data"], h5py.Dataset) or not len(hf[GROUP]["data"]):
+            raise InputError(path, "ISMRMRD file holds no acquisitions (/dataset/data is missing or empty)")
         records = hf[GROUP]["data"][()]
     heads = records["head"]
     idx = heads["idx"]
@@ -118,6 +121,7 @@ def read_ismrmrd(path: str | Path, contrast: int = 0, repetition: int | None = N
     cols_of = idx["kspace_encode_step_1"][keep].astype(int) - _center(hdr) + W // 2
     if cols_of.min() < 0 or cols_of.max() >= W:
         raise InputError(path, f"phase-encode lines fall outside the encoded matrix width {W}")
+    check_size(path, (S, C, H, W), 16)
     kspace = np.zeros((S, C, H, W), np.complex128)
     count = np.zeros((S, W), np.int64)
     for rec, s, c in zip(records[keep], slices, cols_of):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from oes_mri.data.fastmri_io import Header
+from oes_mri.data.fastmri_io import Header, check_size
 from oes_mri.data.rawscan import RawScan, centre_offset
 from oes_mri.errors import InputError
 
@@ -91,10 +91,15 @@ def read_twix(path: str | Path, contrast: int = 0, repetition: int | None = None
         raise InputError(path, f"no contrast {contrast} / repetition {repetition} (scan has {size['Eco']} / {size['Rep']})")
     pick = {"Eco": contrast, "Rep": repetition if repetition is not None else 0}
     index = tuple(slice(None) if d in ("Sli", "Lin", "Cha", "Col") else pick.get(d, 0) for d in im.dims)
-    data = np.asarray(im[:][index], np.complex64)                      # (Sli, Lin, Cha, Col)
+    try:
+        data = np.asarray(im[:][index], np.complex64)                  # (Sli, Lin, Cha, Col)
+    except Exception as err:  # noqa: BLE001 - a truncated file fails inside twixtools in many ways
+        raise InputError(path, f"truncated or corrupt twix data ({type(err).__name__}: "
+                               f"{(str(err).splitlines() or [''])[0][:100]})") from None
     S, L, C, H = data.shape
     lines = int(kspace_p.get("lPhaseEncodingLines", L))
     W = max(lines, L)
+    check_size(path, (S, C, H, W), 8)
     left = centre_offset(W, int(im.kspace_center_lin))
     if left < 0 or left + L > W:
         raise InputError(path, f"phase-encode lines do not fit a grid of {W} around centre line {im.kspace_center_lin}")

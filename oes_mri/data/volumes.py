@@ -10,6 +10,7 @@ and kept in memory while its slices are read (the last file only).
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +23,8 @@ from oes_mri.data import fastmri_io
 from oes_mri.data.fastmri_io import Volume, VolumeInfo, check_kspace
 from oes_mri.data.rawscan import RawScan, rss_target, volume_info
 from oes_mri.errors import InputError
+
+log = logging.getLogger("oes_mri")
 
 SUFFIXES = (".h5", ".hdf5", ".mrd", ".dat")
 
@@ -52,22 +55,39 @@ def detect(path: str | os.PathLike) -> str:
     raise InputError(path, "neither an HDF5 file (fastMRI or ISMRMRD) nor a Siemens twix raw file")
 
 
-def _stamp(path: Path) -> tuple[str, int, int]:
+def _stamp(path: Path) -> tuple[str, int, int, int]:
     st = path.stat()
-    return str(path.resolve()), st.st_size, st.st_mtime_ns
+    return str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns      # ctime: any rewrite
 
 
 @functools.lru_cache(maxsize=1)
-def _scan(stamp: tuple[str, int, int], fmt: str) -> RawScan:
-    """A scanner file converted to the fastMRI layout, cached by path, size and mtime."""
+def _scan(stamp: tuple[str, int, int, int], fmt: str) -> RawScan:
+    """A scanner file converted to the fastMRI layout, cached by path, size, mtime and ctime."""
     path = Path(stamp[0])
     if fmt == "ismrmrd":
         from oes_mri.data.ismrmrd_io import read_ismrmrd
 
-        return read_ismrmrd(path)
-    from oes_mri.data.twix_io import read_twix
+        scan = read_ismrmrd(path)
+    else:
+        from oes_mri.data.twix_io import read_twix
 
-    return read_twix(path)
+        scan = read_twix(path)
+    check_scale(scan.kspace, path)
+    return scan
+
+
+MAX_DYNAMIC_RANGE = 1e7
+"""Largest plausible ratio of a scan's largest k-space magnitude to its median measured one
+(measured on the real files of ../shared/data and the sample: 500-930)."""
+
+
+def check_scale(kspace: np.ndarray, path: Path) -> None:
+    """Warn when the k-space's largest value is implausibly far above its median (a corrupt,
+    e.g. bit-flipped, sample): the reconstruction is then made but likely wrong."""
+    a = np.abs(kspace[kspace != 0])
+    if a.size and float(a.max()) > MAX_DYNAMIC_RANGE * float(np.median(a)):
+        log.warning("%s: implausible k-space values (the largest is %.2g times the median): corrupt data?", path,
+                    float(a.max() / np.median(a)))
 
 
 def read_info(path: str | os.PathLike, challenge: str | None = None) -> VolumeInfo:
