@@ -26,11 +26,9 @@ from typing import Callable, NamedTuple
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from oes_mri.nets.hourglass import Hourglass
-from oes_mri.optim import adam
-from oes_mri.pruning.oes import add_kl_grad_, relaxed_mask
+from oes_mri.pruning.oes import mask_learning, relaxed_mask
 from oes_mri.pruning.weightmask import WeightMask
 
 STRUCTURE = "channels"
@@ -200,24 +198,15 @@ def channel_oes_mask(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Ten
     logits = {fm.name: torch.zeros(fm.width, device=device, requires_grad=True) for fm in fms}
     n_gates = sum(fm.width for fm in fms)
     weight = kl_weight if kl_weight is not None else 1e-9 * sum(p.numel() for p in params.values()) / n_gates
-    opt = adam(logits.values(), lr)
-    rng = torch.Generator(device=device).manual_seed(int(seed))
-    losses = torch.zeros(steps, device=device)
-    buffers = dict(gen.named_buffers())
-    for step in range(steps):
-        gates = {n: relaxed_mask(p, tau, rng) for n, p in logits.items()}
-        out = functional_call(gen, {**params, **buffers, **_gated(params, fms, gates)}, ())
-        data = loss_fn(out)
-        opt.zero_grad(set_to_none=True)
-        data.backward()
-        add_kl_grad_(logits, density, weight)
-        opt.step()
-        losses[step] = data.detach()
+
+    def gated(rng: torch.Generator) -> dict[str, torch.Tensor]:
+        return _gated(params, fms, {n: relaxed_mask(p, tau, rng) for n, p in logits.items()})
+    losses = mask_learning(gen, loss_fn, logits, gated, steps, density, weight, lr, seed)
     keep = top_channels({n: p.detach() for n, p in logits.items()}, channel_budget(gen, density))
     mask = channel_mask(gen, keep, {**(meta or {}), "method": "oes-channels", "density": density,
                                     "mask_steps": steps, "tau": tau, "kl_weight": weight, "mask_lr": lr,
                                     "mask_seed": seed})
-    return mask, losses.tolist()
+    return mask, losses
 
 
 def random_channel_mask(gen: nn.Module, density: float, seed: int = 0, meta: dict | None = None) -> WeightMask:

@@ -135,20 +135,35 @@ def learn_oes_logits(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Ten
     """
     params = {n: p.detach() for n, p in gen.named_parameters()}
     logits = {n: p.requires_grad_() for n, p in initial_logits(params, names, density, init, budget).items()}
-    opt = adam(logits.values(), lr)
-    rng = torch.Generator(device=next(iter(params.values())).device).manual_seed(int(seed))
-    losses = torch.zeros(steps, device=next(iter(params.values())).device)
-    for step in range(steps):
+
+    def masked(rng: torch.Generator) -> dict[str, torch.Tensor]:
         m = sampled_mask(logits, tau, rng, estimator, density, min_layer_density, budget)
-        masked = {n: params[n] * m[n] for n in names}
-        out = functional_call(gen, {**params, **masked}, ())
+        return {n: params[n] * m[n] for n in names}
+    losses = mask_learning(gen, loss_fn, logits, masked, steps, density, kl_weight, lr, seed)
+    return {n: p.detach() for n, p in logits.items()}, losses
+
+
+def mask_learning(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], logits: dict[str, torch.Tensor],
+                  masked: Callable[[torch.Generator], dict[str, torch.Tensor]], steps: int, density: float,
+                  kl_weight: float, lr: float, seed: int) -> list[float]:
+    """OES's loop over any Bernoulli logits (weights, channels): each step the generator runs with
+    the parameters ``masked(rng)`` (a relaxed mask of the logits applied, Gumbel noise from
+    ``rng``), Adam on the logits with the data term's gradient plus the KL's closed form
+    (:func:`add_kl_grad_`); the weights stay at their init. Returns the data term of every step."""
+    params = {n: p.detach() for n, p in gen.named_parameters()}
+    device = next(iter(params.values())).device
+    opt = adam(logits.values(), lr)
+    rng = torch.Generator(device=device).manual_seed(int(seed))
+    losses = torch.zeros(steps, device=device)
+    for step in range(steps):
+        out = functional_call(gen, {**params, **masked(rng)}, ())
         data = loss_fn(out)
         opt.zero_grad(set_to_none=True)
         data.backward()
         add_kl_grad_(logits, density, kl_weight)
         opt.step()
         losses[step] = data.detach()
-    return {n: p.detach() for n, p in logits.items()}, losses.tolist()
+    return losses.tolist()
 
 
 def check_pruned(gen: nn.Module, mask: WeightMask) -> None:
