@@ -180,6 +180,18 @@ def test_lr_schedule_follows_the_cosine():
         assert opt.param_groups[0]["lr"] == pytest.approx(want, abs=1e-12)
 
 
+def test_warmup_schedule_ramps_to_the_peak_from_the_first_step():
+    from oes_mri.optim import WARMUP_STEPS, fit_optimizer
+
+    opt, after = fit_optimizer([torch.zeros(3, requires_grad=True)], 0.03, 6000, "warmup")
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.003)                  # step 1 at lr / 10
+    for t, want in [(WARMUP_STEPS // 2, 0.03 * 0.55), (WARMUP_STEPS, 0.03), (5000, 0.03)]:
+        after(t)
+        assert opt.param_groups[0]["lr"] == pytest.approx(want)
+    opt, _ = fit_optimizer([torch.zeros(3, requires_grad=True)], 0.03, 6000, "cosine")
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.03)                   # cosine: step 1 at lr
+
+
 def test_cosine_schedule_changes_the_fit_from_the_third_step():
     """Step 1 runs at ``lr`` in both fits; the schedule lowers the rate of step 2, so the losses
     (taken before each update) agree for two steps and then differ."""
