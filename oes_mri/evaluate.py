@@ -34,7 +34,7 @@ def _read(path: Path, keys: tuple[str, ...]) -> np.ndarray:
 
 def evaluate(target_dir: Path, pred_dir: Path, square_crop: bool = False) -> dict[str, VolumeMetrics]:
     """Metrics per volume name for every target with a prediction."""
-    out = {}
+    out, unscorable = {}, []
     for t in list_volumes(target_dir):
         p = pred_dir / t.name
         if not p.exists():
@@ -47,10 +47,13 @@ def evaluate(target_dir: Path, pred_dir: Path, square_crop: bool = False) -> dic
         why = scorable(target)
         if why is not None:
             print(f"warning: {t}: {why}; not scored", file=sys.stderr)
+            unscorable.append(t.name)
             continue
         if not np.isfinite(pred).all():
             raise InputError(p, "reconstruction holds NaN or Inf values")
         out[t.name] = volume_metrics(target, pred, square_crop)
+    if not out and unscorable:
+        raise InputError(target_dir, f"no target can be scored ({', '.join(unscorable)}: NaN, Inf or all zero)")
     if not out:
         raise InputError(pred_dir, f"no prediction matches a target file of {target_dir}")
     return out

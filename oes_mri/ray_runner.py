@@ -212,10 +212,10 @@ def _run_locked(ray, cfg: RunConfig, opts: RayOptions, files: list, progress: Pr
     for f in files:                                       # settings checked before any task
         try:
             vols.append(_Volume(VolumeRun(f, cfg)))
-        except InputError as err:
+        except Exception as err:  # noqa: BLE001 - one bad file of a folder must not stop the others
             if f == cfg.data:
                 raise
-            log.warning("error: %s (skipped)", err)
+            log.warning("error: %s (skipped)", file_error(f, err))
             failed.append(f.name)
     remote = dict(num_cpus=opts.task_cpus, num_gpus=opts.task_gpus, max_retries=opts.max_retries)
     learn = ray.remote(**remote)(_learn_mask)

@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m oes_mri.recon", description=__doc__.split("\n\n")[1],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--data", type=Path, default=None,
+    g.add_argument("--data", type=str, default=None,
                    help="a raw data file -- fastMRI .h5, ISMRMRD .h5 or Siemens twix .dat, detected by "
                    "content -- or a folder of them (default: the built-in sample)")
     g.add_argument("--slices", default=None, help="slice selection, e.g. '10:20', '3', '0,5,9' (default: all)")
@@ -176,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     g.add_argument("--batch-slices", type=int, default=1,
                    help="fit this many slices at once (one batched network; faster on GPUs; default 1)")
-    g.add_argument("--out", type=Path, default=Path("recon_out"), help="output folder (default recon_out/)")
+    g.add_argument("--out", type=str, default="recon_out", help="output folder (default recon_out/)")
     g.add_argument("--save", choices=["fastmri", "nifti"], action="append", default=None,
                    help="output formats besides metrics: fastmri (submission .h5, always written) and "
                    "nifti (<method>/<input stem>.nii.gz for image viewers); repeat or give once")
@@ -225,6 +225,9 @@ def make_config(args: argparse.Namespace):
     from oes_mri.pipeline import RunConfig
     from oes_mri.solvers.dip import use_cuda_graph
 
+    for flag, value in (("--data", args.data), ("--out", args.out)):
+        if value is not None and not value.strip():
+            raise InputError(None, f"{flag} '{value}': an empty path (use '.' for the current folder)")
     if not 1 <= args.accel < math.inf:
         raise InputError(None, f"--accel {args.accel}: must be a finite number >= 1")
     if args.center_fraction is not None and not 0 < args.center_fraction < 1:
@@ -255,7 +258,7 @@ def make_config(args: argparse.Namespace):
     except ValueError as err:
         raise InputError(None, f"--cuda-graph: {err}")
     dip = dip_config(args, steps, graph)
-    return RunConfig(data=args.data or sample_path(), out=args.out,
+    return RunConfig(data=Path(args.data) if args.data is not None else sample_path(), out=Path(args.out),
                      methods=[make(name, dip, args.tune_lambda) for name in methods], accel=args.accel,
                      center_fraction=args.center_fraction, mask_kind=args.mask_kind, seed=args.seed,
                      slices=args.slices, challenge=args.challenge, weight_mask=args.weight_mask, mask_per=args.mask_per, device=device,
@@ -310,7 +313,9 @@ def _figures(vol, records: list[dict]) -> list[str]:
     from oes_mri import report
     from oes_mri.storage import load_checkpoint
 
-    out, name = vol.cfg.out, vol.info.path.stem
+    from oes_mri.pipeline import output_stem
+
+    out, name = vol.cfg.out, output_stem(vol.info.path)
     mid = len(vol.indices) // 2
     index = vol.indices[mid]
     x, target = vol.slice_input(index)

@@ -77,9 +77,13 @@ def _geometry(path: Path, hdr) -> tuple[tuple[int, int], tuple[int, int], tuple[
     if step1 is None:
         raise InputError(path, "ISMRMRD header lacks encodingLimits/kspace_encoding_step_1")
     H, W = int(es.matrixSize.x), int(es.matrixSize.y)
+    recon = (int(rs.matrixSize.x), int(rs.matrixSize.y))
+    if min(H, W, *recon) < 1 or recon[0] > H or recon[1] > W:
+        raise InputError(path, f"ISMRMRD header: encoded matrix {(H, W)} and recon matrix {recon} do not make an "
+                               "image (each at least 1, the recon within the encoded)")
     left = centre_offset(W, step1.center) + step1.minimum
     cols = (left, centre_offset(W, step1.center) + step1.maximum + 1)
-    return (H, W), (int(rs.matrixSize.x), int(rs.matrixSize.y)), cols, float(rs.fieldOfView_mm.z), rs
+    return (H, W), recon, cols, float(rs.fieldOfView_mm.z), rs
 
 
 def read_ismrmrd(path: str | Path, contrast: int = 0, repetition: int | None = None) -> RawScan:
