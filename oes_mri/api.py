@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from oes_mri.methods import Reconstruction, Reconstructor, make, slice_data
+from oes_mri.methods import Reconstruction, Reconstructor, make
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.physics.masks import SamplingMask, mask_from_array
 from oes_mri.physics.operator import MultiCoilOp
@@ -103,4 +103,4 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
     return rec.reconstruct(x.kspace, MultiCoilOp(x.mask, x.maps, x.recon_size), progress=progress)
 
 
-__all__ = ["reconstruct", "slice_data"]
+__all__ = ["reconstruct"]
