@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{CUDA_STEPS} on CUDA)")
     g.add_argument("--lr", type=float, default=FitConfig.lr, help=f"Adam learning rate of the fit (default {FitConfig.lr:g})")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=FitConfig.lr_schedule,
-                   help="learning rate over the fit: constant, or cosine from --lr to 0 over --steps "
-                   f"(default {FitConfig.lr_schedule})")
+                   help="learning rate over the fit: constant, cosine from --lr to 0 over --steps, or warmup "
+                   f"(--lr/10 to --lr over the first 100 steps) (default {FitConfig.lr_schedule})")
     g.add_argument("--arch", choices=ARCHS, default=ArchConfig.name, help=f"generator (default {ArchConfig.name})")
     g.add_argument("--dip-seed", type=int, default=DipConfig.seed,
                    help=f"generator init / input noise / held-out split seed (default {DipConfig.seed})")
