@@ -17,6 +17,16 @@ def _cache(tmp_path_factory):
     os.environ["OES_MRI_CACHE"] = str(tmp_path_factory.mktemp("cache"))
 
 
+@pytest.fixture(autouse=True)
+def _fp32_fits(monkeypatch):
+    """Fits run in fp32 on every CPU: with native bf16, ``--fast-path auto`` could pick another
+    path from a timing, and tests that compare two fits would compare two paths. The choice
+    itself is tested with mocked timings (``test_fast_path_falls_back_to_fp32...``)."""
+    from oes_mri.solvers import fastpath
+
+    monkeypatch.setattr(fastpath, "native_bf16", lambda device: False)
+
+
 def shared_file(name: str) -> Path:
     """A file of ../shared/data, or skip the test with the reason."""
     path = SHARED / name
