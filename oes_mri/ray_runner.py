@@ -129,36 +129,64 @@ def _reconstruct(path: Path, cfg: RunConfig, todo: dict[str, list[int]],
 
 _WATCHDOG = """
 import os, sys, time, signal
-driver, node = int(sys.argv[1]), sys.argv[2]
+driver = int(sys.argv[1])
+
+
+def started(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[19]
+
+
+def children():
+    out = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    out.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(pid))
+            except OSError:
+                pass
+    return out
+
+
+seen = {}
 while True:
     try:
         os.kill(driver, 0)
     except ProcessLookupError:
         break
+    kids, todo = children(), [driver]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            if c != os.getpid() and c not in seen:
+                try:
+                    seen[c] = started(c)
+                except OSError:
+                    continue
+            if c != os.getpid():
+                todo.append(c)
     time.sleep(1)
 time.sleep(2)
-for pid in os.listdir("/proc"):
-    if pid.isdigit() and int(pid) != os.getpid():
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if f"RAY_NODE_ID={node}".encode() in f.read().split(b"\\0"):
-                    os.kill(int(pid), signal.SIGKILL)
-        except OSError:
-            pass
+for pid, when in seen.items():
+    try:
+        if started(pid) == when:
+            os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
 """
 
 
-def watch_local_instance(ray) -> None:
-    """Start a detached watchdog that, once this process has ended (even by ``kill -9``), ends
-    the processes of the Ray instance it started (they carry its ``RAY_NODE_ID``; measured:
-    after ``kill -9`` of the driver, Ray's dashboard and runtime-env agents stayed behind,
-    about 170 MB). Linux only (``/proc``); elsewhere nothing is started."""
+def watch_local_instance() -> None:
+    """Start a detached watchdog that records every process this one starts (Ray's head: the
+    GCS, the raylet, its agents and workers, found as descendants every second) and, once this
+    process has ended (even by ``kill -9``), ends those still running (measured: after
+    ``kill -9`` of the driver, Ray's dashboard and runtime-env agents stayed, about 170 MB).
+    Linux only (``/proc``); elsewhere nothing is started."""
     if not os.path.isdir("/proc"):
         return
     import subprocess
 
-    node = ray.get_runtime_context().get_node_id()
-    subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), node], start_new_session=True,
+    subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid())], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -171,9 +199,9 @@ def _init(ray, opts: RayOptions) -> bool:
     runtime_env = {"env_vars": env} if env else None
     try:
         if opts.address == "local":
+            watch_local_instance()
             ray.init(num_cpus=opts.workers, include_dashboard=False, runtime_env=runtime_env,
                      log_to_driver=False, configure_logging=False)
-            watch_local_instance(ray)
         else:
             ray.init(address=opts.address, runtime_env=runtime_env, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
