@@ -359,3 +359,53 @@ def test_08_kill_9_of_a_ray_run_leaves_no_ray_process(tiny_file, tmp_path):
     for p in left:
         os.kill(p, signal.SIGKILL)
     assert not left, f"processes left behind: {sorted(left)}"
+
+
+@pytest.mark.parametrize("flag", ["--data", "--out"])
+def test_25_empty_paths_are_refused(tiny_file, tmp_path, capsys, flag):
+    args = {"--data": str(tiny_file), "--out": str(tmp_path)}
+    args[flag] = ""
+    rc, err = _run(capsys, "--data", args["--data"], "--out", args["--out"], *ZF)
+    assert rc == 2 and flag in err and "empty path" in err
+
+
+def test_13_ismrmrd_with_a_zero_recon_matrix(tmp_path, capsys):
+    path = _ismrmrd(tmp_path, "zero.h5")
+    with h5py.File(path, "r+") as f:
+        xml = f["dataset"]["xml"][0]
+        xml = xml.decode() if isinstance(xml, bytes) else xml
+        head, _, tail = xml.partition("<reconSpace><matrixSize><x>")
+        xml = head + "<reconSpace><matrixSize><x>0" + tail[tail.index("</x>"):]
+        del f["dataset"]["xml"]
+        f["dataset"].create_dataset("xml", data=[xml.encode()])
+    rc, err = _run(capsys, "--data", str(path), "--out", str(tmp_path / "out"), *ZF)
+    assert rc == 2 and "zero.h5" in err and "recon matrix" in err and len(err.splitlines()) == 1, err
+
+
+def test_06_evaluate_says_no_target_for_an_unscorable_one(tiny_file, tmp_path, capsys):
+    from oes_mri.evaluate import main as evaluate_main
+
+    targets, preds = tmp_path / "t", tmp_path / "p"
+    targets.mkdir()
+    shutil.copy(tiny_file, targets / "x.h5")
+    with h5py.File(targets / "x.h5", "r+") as f:
+        f["reconstruction_rss"][...] = np.nan
+        shape = f["reconstruction_rss"].shape
+    assert _run(capsys, "--data", str(targets / "x.h5"), "--out", str(preds), *ZF)[0] == 0
+    rc = evaluate_main(["--target", str(targets), "--pred", str(preds / "zf")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and "not scored" in err[0] and "no target can be scored" in err[-1] and len(err) == 2
+    assert len(shape) == 3
+
+
+def test_09_ray_folder_run_reports_a_bad_file_and_does_the_others(tiny_file, tmp_path, capsys):
+    pytest.importorskip("ray")
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(tiny_file, data / "a_good.h5")
+    with h5py.File(data / "b_bad.h5", "w") as f:
+        f.create_group("kspace")
+    rc, err = _run(capsys, "--data", str(data), "--out", str(tmp_path / "out"), *ZF, "--ray", "local",
+                   "--ray-workers", "1")
+    assert rc == 2 and "b_bad.h5" in err.splitlines()[-1] and "Traceback" not in err
+    assert (tmp_path / "out" / "zf" / "a_good.h5").exists()
