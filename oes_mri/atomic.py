@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from oes_mri.errors import first_line
+
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -37,7 +39,7 @@ def _naming(err: OSError, path: Path) -> OSError:
     """``err`` as an ``OSError`` that names ``path`` and says what happened in one line."""
     if err.filename and err.strerror:
         return err
-    what = err.strerror or (str(err).splitlines() or [type(err).__name__])[0]
+    what = err.strerror or first_line(err)
     if "No space left" in str(err) or getattr(err, "errno", None) == 28:
         what = "No space left on device"
     return OSError(err.errno, what, str(path))

@@ -5,6 +5,11 @@ from __future__ import annotations
 import os
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of ``err``'s message (at most ``limit`` characters), or its type's name."""
+    return ((str(err).splitlines() or [""])[0][:limit]) or type(err).__name__
+
+
 class InputError(ValueError):
     """Bad input (a file, a mask, an option). ``str(err)`` is one line for the user."""
 

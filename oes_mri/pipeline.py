@@ -28,7 +28,7 @@ from oes_mri.data.fastmri_io import write_reconstruction
 from oes_mri.data.nifti_io import write_nifti
 from oes_mri.data.sample import cache_dir
 from oes_mri.data.volumes import list_volumes, load_slice, parse_slices, read_info
-from oes_mri.errors import InputError
+from oes_mri.errors import InputError, first_line
 from oes_mri.fileid import file_identity
 from oes_mri.methods import Reconstruction, Reconstructor, Score, make
 from oes_mri.metrics import scorable, slice_metrics, volume_metrics
@@ -419,8 +419,8 @@ def file_error(path: Path, err: BaseException) -> InputError:
     """Any error of one file of a folder run as one line naming the file."""
     if isinstance(err, InputError):
         return err
-    first = (str(err).splitlines() or [""])[0][:200]
-    return InputError(path, f"{type(err).__name__}: {first}" if first else type(err).__name__)
+    first = first_line(err)
+    return InputError(path, first if first == type(err).__name__ else f"{type(err).__name__}: {first}")
 
 
 def output_stem(path: Path) -> str:

@@ -20,7 +20,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from oes_mri.errors import InputError
+from oes_mri.errors import InputError, first_line
 from oes_mri.optim import LR_SCHEDULES
 from oes_mri.progress import BarProgress, LogProgress, Progress
 from oes_mri.pruning.allocation import ALLOCATIONS
@@ -371,7 +371,7 @@ def _one_line(err: BaseException) -> str:
     if isinstance(err, OSError):
         from oes_mri.data.sample import cache_dir
 
-        what = err.strerror or (str(err).splitlines() or [type(err).__name__])[0]
+        what = err.strerror or first_line(err)
         where = f"{err.filename}: " if err.filename else ""
         cache = cache_dir()
         if err.filename and Path(err.filename).resolve().is_relative_to(cache.resolve()):

@@ -24,7 +24,7 @@ import numpy as np
 
 from oes_mri.data.fastmri_io import Header, check_size
 from oes_mri.data.rawscan import RawScan, centre_offset
-from oes_mri.errors import InputError
+from oes_mri.errors import InputError, first_line
 
 EXTRA = "pip install 'oes-mri[siemens]'"
 
@@ -95,7 +95,7 @@ def read_twix(path: str | Path, contrast: int = 0, repetition: int | None = None
         data = np.asarray(im[:][index], np.complex64)                  # (Sli, Lin, Cha, Col)
     except Exception as err:  # noqa: BLE001 - a truncated file fails inside twixtools in many ways
         raise InputError(path, f"truncated or corrupt twix data ({type(err).__name__}: "
-                               f"{(str(err).splitlines() or [''])[0][:100]})") from None
+                               f"{first_line(err, 100)})") from None
     S, L, C, H = data.shape
     lines = int(kspace_p.get("lPhaseEncodingLines", L))
     W = max(lines, L)

@@ -26,6 +26,10 @@ from oes_mri.physics.masks import find_acs
 SHAPES = ("points", "lines")
 
 
+class NothingToHoldOut(ValueError):
+    """No measured sample outside the calibration region: nothing can be held out."""
+
+
 class KspaceSplit(NamedTuple):
     """Two disjoint float32 masks whose sum is the measured mask.
 
@@ -84,7 +88,7 @@ def split_mask(mask: torch.Tensor, shape: tuple[int, int], share: float, kind: s
         flat, out_shape = free.reshape(-1), (H, W)
     candidates = flat.nonzero().reshape(-1)
     if candidates.numel() == 0:
-        raise ValueError("no measured sample outside the calibration region to hold out (nothing to hold out)")
+        raise NothingToHoldOut("no measured sample outside the calibration region to hold out")
     val = torch.zeros(flat.numel(), dtype=torch.bool)
     val[_pick(candidates, share, seed)] = True
     val = val.reshape(out_shape)

@@ -17,7 +17,7 @@ import torch
 
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.optim import LR_SCHEDULES
-from oes_mri.physics.holdout import SHAPES, KspaceSplit, split_mask
+from oes_mri.physics.holdout import SHAPES, KspaceSplit, NothingToHoldOut, split_mask
 from oes_mri.pruning.config import PRUNINGS, OesConfig, PruningConfig, require
 from oes_mri.solvers.fastpath import FAST_PATHS
 from oes_mri.solvers.loop import LOG_EVERY, ValidationStop
@@ -167,12 +167,7 @@ class ValidationConfig:
             NothingToHoldOut: every measured sample is calibration (e.g. a fully sampled scan).
         """
         kind = self.shape if mask.shape[0] == 1 else "points"
-        try:
-            return split_mask(mask, shape, self.share, kind, seed=1_000_003 * fold + seed)
-        except ValueError as err:
-            if "nothing" in str(err) or "no measured sample" in str(err):
-                raise NothingToHoldOut(str(err)) from None
-            raise
+        return split_mask(mask, shape, self.share, kind, seed=1_000_003 * fold + seed)
 
     def usable(self, mask: torch.Tensor, shape: tuple[int, int], source: str = "") -> bool:
         """Samples can be held out under ``mask``; if not (every measured sample is calibration,
@@ -200,10 +195,6 @@ class ValidationConfig:
         if not self.enabled:
             return None
         return ValidationStop(slices, self.patience, self.informative, self.fallback_steps, self.smoothing)
-
-
-class NothingToHoldOut(ValueError):
-    """No measured sample outside the calibration region: nothing can be held out."""
 
 
 @dataclasses.dataclass(frozen=True)

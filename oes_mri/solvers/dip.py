@@ -65,6 +65,11 @@ class KspaceProblem(NamedTuple):
         r = self.forward(images) - self.y
         return r.real.square() + r.imag.square()
 
+    def data_error(self, images: torch.Tensor) -> torch.Tensor:
+        """``||M (A x - y_s)||^2 / ||M y_s||^2`` over every measured sample, fit and held out
+        (1: the error of predicting zeros)."""
+        return self._error(images).sum() / (self.y.real.square() + self.y.imag.square()).sum()
+
     def loss(self, images: torch.Tensor) -> torch.Tensor:
         """The fit loss ``||M_fit (A x - y_s)||^2 / ||M_fit y_s||^2``."""
         e = self._error(images)

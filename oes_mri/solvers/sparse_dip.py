@@ -184,9 +184,7 @@ of predicting zeros) is above this has diverged, even if its numbers stayed fini
 def check_data_error(st: FitSetup, res: FitResult) -> None:
     """Raise :class:`FitDiverged` when the chosen iterate fits the data far worse than zeros."""
     with torch.no_grad():
-        y = st.problem.y
-        r = st.problem.forward(res.best) - y
-        err = float((r.real.square() + r.imag.square()).sum() / (y.real.square() + y.imag.square()).sum())
+        err = float(st.problem.data_error(res.best))
     if not err <= DIVERGED:
         raise FitDiverged(f"the fitted image's data error is {err:.3g} times that of zeros")
 
@@ -246,13 +244,12 @@ def _fit_one(job: Job, cfg: DipConfig, progress) -> DipOutput:
     """One eager fit, retried from a fresh init at half the learning rate when it diverges (a
     warm start is retried from the random init)."""
     seed, lr, init = _init_seed(cfg, job.weight_mask), cfg.fit.lr, job.init
-    steps = cfg.fit.steps
     for attempt in range(cfg.fit.retries + 1):
         st = setup_fit(job.x, cfg, seed, job.weight_mask, job.fold, init, job.start)
         t1 = time.perf_counter()
         fast = choose_fast_path(st.gen, st.loss_fn, "fp32" if cfg.speed.amp else cfg.speed.fast_path)
         try:
-            res = fit(st.gen, st.loss_fn, steps, lr, st.fit_mask,
+            res = fit(st.gen, st.loss_fn, cfg.fit.steps, lr, st.fit_mask,
                       ema_decay=cfg.fit.ema_decay if cfg.fit.output == "ema" else None,
                       log_every=cfg.fit.log_every, monitor=_scaled(job.monitor, st.problem), progress=progress,
                       compile=cfg.speed.compile, amp=cfg.speed.amp or fast.path == "bf16",
