@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from oes_mri.methods import Reconstruction, Reconstructor, make
+from oes_mri.methods import DEFAULT_METHODS, Reconstruction, Reconstructor, make
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.physics.masks import SamplingMask, mask_from_array
 from oes_mri.physics.operator import MultiCoilOp
@@ -56,7 +56,7 @@ def _sampling_mask(mask: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> S
 
 
 def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarray | torch.Tensor,
-                method: str | Reconstructor = "oes", maps: np.ndarray | torch.Tensor | None = None, *,
+                method: str | Reconstructor = DEFAULT_METHODS[0], maps: np.ndarray | torch.Tensor | None = None, *,
                 recon_size: tuple[int, int] | None = None, readout: str = "crop", tune: bool = True,
                 device: torch.device | str | None = None, progress=None, **settings: Any) -> Reconstruction:
     """Reconstruct one slice.
@@ -66,7 +66,8 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
         mask: the sampling mask: a :class:`~oes_mri.physics.masks.SamplingMask` (what
             ``fastmri_mask`` returns), or an array ``(W,)``, ``(1, W)`` or ``(H, W)`` (its
             calibration region is then the centred run of sampled lines).
-        method: a name of :data:`oes_mri.methods.REGISTRY` ("oes", "dip", "sense", "l1", "tv",
+        method: a name of :data:`oes_mri.methods.REGISTRY` (default: the CLI's Sparse-DIP,
+            "random-channels"; "oes", "dip", "sense", "l1", "tv",
             "zf", ...) or a method object.
         maps: coil maps ``(C, H, W)`` on the k-space grid; ``None``: ESPIRiT from the
             calibration region.

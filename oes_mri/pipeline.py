@@ -197,8 +197,12 @@ class VolumeData:
 
     def chained(self, method: str) -> bool:
         """``method``'s slices warm-start each other (:mod:`oes_mri.chain`): a warm-startable
-        method, with one pruning mask for the whole volume where it learns one."""
-        return self.cfg.method(method).chains(self.cfg.weight_mask is not None or self.cfg.mask_per == "volume")
+        method, with one pruning mask for the whole volume where it learns one. One method of a
+        run (:attr:`RunConfig.mask_method`) has the volume's mask; another that would learn one
+        per volume learns one per slice, unchained."""
+        cfg = self.cfg
+        shared = method == cfg.mask_method and (cfg.weight_mask is not None or cfg.mask_per == "volume")
+        return cfg.method(method).chains(shared)
 
     def reconstruct(self, todo: dict[str, list[int]], weight_mask: WeightMask | None,
                     progress: Progress | None = None, warm: Warm | None = None) -> Iterator[list[SliceResult]]:
@@ -246,7 +250,8 @@ class VolumeData:
         m = self.cfg.method(method)
         fit_progress = (progress.fit(f"{self.info.path.name} slice {','.join(map(str, idx))} {method}", m.steps)
                         if m.untrained else None)
-        results = m.reconstruct_batch([inputs[i].x for i in idx], weight_mask=weight_mask, progress=fit_progress,
+        given = weight_mask if method == self.cfg.mask_method else None         # the volume's mask is its own
+        results = m.reconstruct_batch([inputs[i].x for i in idx], weight_mask=given, progress=fit_progress,
                                       scores=[scorer(inputs[i].target) for i in idx], inits=inits)
         seconds = (time.perf_counter() - t) / len(idx)
         keep = self.chained(method)

@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     from oes_mri.methods import DEFAULT_METHODS, METHODS
     from oes_mri.nets.generator import ARCHS, ArchConfig
     from oes_mri.physics.holdout import SHAPES
-    from oes_mri.solvers.config import (OUTPUTS, STARTS, DipConfig, FitConfig, OesConfig, PruningConfig,
+    from oes_mri.pruning.config import DENSITY
+    from oes_mri.solvers.config import (OUTPUTS, RATES, STARTS, STEPS, DipConfig, FitConfig, OesConfig, PruningConfig,
                                         SpeedConfig, ValidationConfig, WarmStart)
     from oes_mri.solvers.fastpath import FAST_PATHS
 
@@ -91,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("methods")
     g.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                    help=f"comma list of {', '.join(METHODS)}, or 'all' (default {','.join(DEFAULT_METHODS)})")
-    g = p.add_argument_group("Sparse-DIP (oes) and DIP")
-    g.add_argument("--density", type=float, default=PruningConfig.density,
-                   help=f"kept fraction of prunable weights (default {PruningConfig.density:g})")
+    g = p.add_argument_group("Sparse-DIP and DIP")
+    g.add_argument("--density", type=float, default=None,
+                   help=f"kept fraction of the prunable weights (default {DENSITY['weights']:g}), of the channels "
+                   f"of every feature map for oes-channels and random-channels (default {DENSITY['channels']:g})")
     g.add_argument("--oes-init", choices=LOGIT_INITS, default=OesConfig.init,
                    help="OES starting logits: zero (published, default), density (each layer's kept share), "
                    "magnitude, density+magnitude")
@@ -107,12 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prune-steps", "--mask-steps", dest="mask_steps", type=int, default=None,
                    help="OES pruning-mask learning steps (default 100; --mask-steps: the old name)")
     g.add_argument("--steps", type=int, default=None,
-                   help="fitting steps: the cap when held-out k-space stops the fit (default 300 on the CPU, "
+                   help="fitting steps: the cap when held-out k-space stops the fit (default on the CPU "
+                   f"{STEPS['channels']} for the channel-pruned generators, {STEPS['weights']} for the others; "
                    f"{CUDA_STEPS} on CUDA)")
-    g.add_argument("--lr", type=float, default=FitConfig.lr, help=f"Adam learning rate of the fit (default {FitConfig.lr:g})")
-    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=FitConfig.lr_schedule,
+    g.add_argument("--lr", type=float, default=None,
+                   help=f"Adam learning rate of the fit (default {RATES['channels'][0]:g} for the channel-pruned "
+                   f"generators, {RATES['weights'][0]:g} for the others)")
+    g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="learning rate over the fit: constant, cosine from --lr to 0 over --steps, or warmup "
-                   f"(--lr/10 to --lr over the first 100 steps) (default {FitConfig.lr_schedule})")
+                   f"(--lr/10 to --lr over the first 100 steps) (default {RATES['channels'][1]} for the "
+                   f"channel-pruned generators, {RATES['weights'][1]} for the others)")
     g.add_argument("--arch", choices=ARCHS, default=ArchConfig.name, help=f"generator (default {ArchConfig.name})")
     g.add_argument("--dip-seed", type=int, default=DipConfig.seed,
                    help=f"generator init / input noise / held-out split seed (default {DipConfig.seed})")
@@ -297,13 +303,11 @@ def dip_config(args: argparse.Namespace, steps: int, cuda_graph: bool):
         speed=speed, warm=warm))
 
 
-def default_steps(device: str) -> int:
-    """Fit steps when ``--steps`` is not given: ``DipConfig``'s 300 on the CPU (the demo's
-    3-minute budget on 2 cores; the built-in sample reaches 99 % of its final SSIM by step 200),
-    :data:`CUDA_STEPS` on CUDA."""
-    from oes_mri.solvers.config import FitConfig
-
-    return CUDA_STEPS if device.startswith("cuda") else FitConfig.steps
+def default_steps(device: str) -> int | None:
+    """Fit steps when ``--steps`` is not given: :data:`CUDA_STEPS` on CUDA; on the CPU ``None``,
+    each generator's own budget (:data:`oes_mri.solvers.config.STEPS`: about 100 s a slice on
+    one core at 256x256)."""
+    return CUDA_STEPS if device.startswith("cuda") else None
 
 
 def _figures(vol, records: list[dict]) -> list[str]:

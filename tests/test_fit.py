@@ -335,3 +335,27 @@ def test_channels_last_fit_matches_fp32():
     a = fit(build_generator(ArchConfig("hourglass-tiny"), (16, 16)), loss, 5, 1e-2).last
     b = fit(build_generator(ArchConfig("hourglass-tiny"), (16, 16)), loss, 5, 1e-2, channels_last=True).last
     assert torch.allclose(a, b, rtol=1e-3, atol=1e-4)
+
+
+def test_defaults_follow_the_generator():
+    """Left unset, the step cap, the rate, its schedule and the kept fraction are the
+    generator's own: the full hourglass (dense, or pruned weight by weight) keeps the settings it
+    was measured with; a generator rebuilt from a quarter of its channels takes 5x the steps at
+    a warm-up to 3e-2. Set, they are used as given; the fingerprint records what was run."""
+    from oes_mri.methods import make
+
+    def run(c):
+        return c.steps, c.lr, c.lr_schedule, c.pruning.kept
+    for name in ("oes", "random", "dip"):
+        assert run(make(name).config) == (300, 1e-2, "constant", 0.05)
+    for name in ("random-channels", "oes-channels"):
+        assert run(make(name).config) == (1500, 3e-2, "warmup", 0.25)
+    given = DipConfig().updated({"fit.steps": 40, "fit.lr": 5e-3, "fit.lr_schedule": "cosine", "pruning.density": 0.5})
+    assert run(make("random-channels", given).config) == (40, 5e-3, "cosine", 0.5)
+    assert run(make("oes", given).config) == (40, 5e-3, "cosine", 0.5)
+    fp = make("oes").fingerprint()["dip"]
+    assert (fp["fit"]["steps"], fp["fit"]["lr"], fp["fit"]["lr_schedule"], fp["pruning"]["density"]) == \
+        (300, 1e-2, "constant", 0.05)                    # as recorded before the defaults became the generator's
+    assert make("random-channels").fingerprint() != make("random-channels", given).fingerprint()
+    warm = sparse_dip.warm_config(make("random-channels").config)
+    assert (warm.lr, warm.lr_schedule) == (1e-3, "constant")       # the warm-up is for a random init

@@ -244,7 +244,22 @@ def _dip_config(tmp_path, *args):
     """The DipConfig the CLI builds from ``args``."""
     from oes_mri.recon import build_parser, make_config
 
-    return make_config(build_parser().parse_args(["--out", str(tmp_path), *args])).method("oes").config
+    return make_config(build_parser().parse_args(["--out", str(tmp_path), "--methods", "oes", *args])).method("oes").config
+
+
+def test_cli_default_is_the_channel_pruned_sparse_dip(tmp_path):
+    """No flags: the default Sparse-DIP (a quarter of the channels, warm-up to 3e-2, 1500 steps on
+    the CPU); a flag given is used as given."""
+    from oes_mri.recon import build_parser, make_config
+
+    cfg = make_config(build_parser().parse_args(["--out", str(tmp_path)]))
+    assert cfg.names == ["random-channels", "sense", "zf"]
+    dip = cfg.method("random-channels").config
+    assert (dip.steps, dip.lr, dip.lr_schedule, dip.pruning.kept) == (1500, 3e-2, "warmup", 0.25)
+    cfg = make_config(build_parser().parse_args(["--out", str(tmp_path), "--steps", "50", "--lr", "0.01",
+                                                 "--lr-schedule", "constant", "--density", "0.5"]))
+    dip = cfg.method("random-channels").config
+    assert (dip.steps, dip.lr, dip.lr_schedule, dip.pruning.kept) == (50, 1e-2, "constant", 0.5)
 
 
 def _get(cfg, key: str):
@@ -254,7 +269,7 @@ def _get(cfg, key: str):
 
 @pytest.mark.parametrize("flag,key,default,other,bad", [
     ("--allocation", "pruning.allocation", "erk", "global", "layerwise"),
-    ("--lr-schedule", "fit.lr_schedule", "constant", "cosine", "step"),
+    ("--lr-schedule", "fit.lr_schedule", None, "cosine", "step"),
     ("--warm-start", "warm.enabled", True, None, None), ("--no-warm-start", "warm.enabled", None, False, None),
     ("--warm-patience", "warm.patience", 100, "50", "0"), ("--warm-steps", "warm.steps", 400, "300", "0"),
     ("--warm-lr", "warm.lr", 1e-3, "0.01", "0"), ("--dip-penalty", "fit.penalty", 2e-3, "0", "-1"),

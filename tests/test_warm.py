@@ -48,9 +48,9 @@ def test_warm_start_begins_at_the_neighbours_weights_with_its_mask():
         sparse_dip.setup_fit(x1, cfg, 0, None, init=weights)                     # a mask to learn: no warm start
     slow = cfg.updated({"warm.lr": 1e-3, "warm.patience": 7})
     both = sparse_dip.reconstruct_dip_batch([x0, x1], slow, wm, inits=[None, weights])
-    assert [o.history["lr"] for o in both] == [cfg.fit.lr, 1e-3]                  # warm settings for warm fits only
+    assert [o.history["lr"] for o in both] == [cfg.lr, 1e-3]                  # warm settings for warm fits only
     assert sparse_dip.warm_config(slow).validation.patience == 7
-    assert sparse_dip.warm_config(slow).fit.steps == min(slow.warm.steps, slow.fit.steps)       # never above the cap
+    assert sparse_dip.warm_config(slow).fit.steps == min(slow.warm.steps, slow.steps)       # never above the cap
     plain = cfg.updated({"warm.lr": None, "warm.patience": None, "warm.steps": None})
     assert sparse_dip.warm_config(plain) == plain                                  # nothing set: the cold settings
 
@@ -69,7 +69,7 @@ def _recorded_chain(monkeypatch):
 
     def spy(self, xs, **kw):
         results = real(self, xs, **kw)
-        calls.append((self.name, [x.source.split(":")[1] for x in xs], kw["inits"], results))
+        calls.append((self.name, [x.source.split(":")[1] for x in xs], kw.get("inits"), results))
         return results
     monkeypatch.setattr(Untrained, "reconstruct_batch", spy)
     return calls
@@ -96,6 +96,27 @@ def test_pipeline_chains_the_slices(volume5, tmp_path, monkeypatch, warm):
         assert all(torch.equal(got[s][n], fitted[p][n].cpu()) for n in fitted[p])
     kept = sorted(f.name for f in (out / ".checkpoints" / "vol5" / "dip").glob("*.weights.npz"))
     assert kept == ["slice_0000.weights.npz", "slice_0004.weights.npz"]      # the chain's ends, for a rerun
+
+
+def test_one_volume_mask_per_run(volume5, tmp_path, monkeypatch):
+    """The default Sparse-DIP (random channels) chains the volume on one channel mask; next to
+    OES, which then holds the run's volume mask, it makes its own mask per slice, unchained,
+    and never fits with OES's weight mask."""
+    from oes_mri.pruning.channels import is_channel_mask
+
+    calls = _recorded_chain(monkeypatch)
+    assert main(["--data", str(volume5), "--out", str(tmp_path / "a"), "--methods", "random-channels", *ARGS]) == 0
+    assert [c[1] for c in calls] == [["2"], ["1"], ["3"], ["0"], ["4"]]               # the chain, one mask
+    masks = [r.weight_mask for c in calls for r in c[3]]
+    assert all(is_channel_mask(m) and m.masks.keys() == masks[0].masks.keys() for m in masks)
+    assert all(all(torch.equal(m.masks[n], masks[0].masks[n]) for n in m.masks) for m in masks)
+    calls.clear()
+    assert main(["--data", str(volume5), "--out", str(tmp_path / "b"), "--methods", "oes,random-channels",
+                 *ARGS]) == 0
+    rch = [c for c in calls if c[0] == "random-channels"]
+    assert rch and all(c[2] is None for c in rch)                                       # not chained
+    assert all(is_channel_mask(r.weight_mask) for c in rch for r in c[3])
+    assert not any(is_channel_mask(r.weight_mask) for c in calls if c[0] == "oes" for r in c[3])
 
 
 def test_wider_rerun_continues_the_chain_from_stored_weights(volume5, tmp_path):
@@ -136,6 +157,7 @@ def test_which_methods_chain():
 
     on, off = DipConfig(), DipConfig().updated({"warm.enabled": False})
     assert make("dip", on).chains(False) and make("oes", on).chains(True)
+    assert make("random-channels", on).chains(True) and make("oes-channels", on).chains(True)
     assert not make("oes", on).chains(False)
     assert not any(make(m, on).chains(True) for m in ("random", "snip", "imp", "sense", "l1", "zf"))
     assert not any(make(m, off).chains(True) for m in ("dip", "oes"))

@@ -22,7 +22,7 @@ from deepinv.models import Reconstructor as _DeepinvReconstructor
 from deepinv.physics import MultiCoilMRI
 
 from oes_mri.api import reconstruct
-from oes_mri.methods import Reconstructor
+from oes_mri.methods import DEFAULT_METHODS, Reconstructor
 
 
 def physics_tensors(physics: MultiCoilMRI, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -40,7 +40,7 @@ class DeepinvReconstructor(_DeepinvReconstructor):
         **settings: the method's settings, as :func:`oes_mri.reconstruct` takes them.
     """
 
-    def __init__(self, method: str | Reconstructor = "oes", recon_size: tuple[int, int] | None = None,
+    def __init__(self, method: str | Reconstructor = DEFAULT_METHODS[0], recon_size: tuple[int, int] | None = None,
                  **settings: Any) -> None:
         super().__init__()
         self.method, self.recon_size, self.settings = method, recon_size, settings

@@ -4,7 +4,8 @@ and the registry of their command-line names (:data:`REGISTRY`, one line a metho
 Names: ``zf`` (zero-filled RSS), ``sense`` (CG-SENSE), ``l1`` (L1-wavelet), ``tv`` (total
 variation), ``dip`` (dense DIP), ``oes`` (Sparse-DIP with an OES mask), and the pruning
 baselines at the same density ``random``, ``magnitude``, ``snip``, ``imp``; structured pruning
-(whole channels, the generator rebuilt smaller) ``oes-channels`` and ``random-channels``.
+(whole channels, the generator rebuilt smaller) ``oes-channels`` and ``random-channels`` (the
+default, :data:`DEFAULT_METHODS`).
 
 Every method is tuned the same honest way, by held-out k-space
 (:class:`~oes_mri.solvers.config.ValidationConfig`): the untrained generators stop on it and
@@ -48,7 +49,12 @@ REGISTRY: dict[str, Factory] = {
     "random-channels": lambda dip, tune: SparseDIP(dip, "random-channels"),
 }
 METHODS = tuple(REGISTRY)
-DEFAULT_METHODS = ("oes", "sense", "zf")
+DEFAULT_METHODS = ("random-channels", "sense", "zf")
+"""What ``python -m oes_mri.recon`` runs by default. The default Sparse-DIP keeps a quarter of
+every feature map's channels, drawn at random, and rebuilds the generator smaller (16x fewer
+FLOPs a step): per second it was the best configuration measured on the CPU, and at a 6000-step
+cap it is level with OES's 5 % weight mask on the full generator at a quarter of its seconds
+(``docs/time_to_quality.md``); OES over the same channels did no better than a random choice."""
 
 
 def make(name: str, dip: DipConfig | None = None, tune: bool = True, **settings: Any) -> Reconstructor:

@@ -19,8 +19,10 @@ SPARSE = tuple(p for p in PRUNINGS if p != "dense")
 TITLES = {"oes": "Sparse-DIP (OES)", "random": "Sparse-DIP (random mask)", "magnitude": "Sparse-DIP (magnitude mask)",
           "snip": "Sparse-DIP (SNIP mask)", "imp": "Sparse-DIP (IMP mask)",
           "oes-channels": "Sparse-DIP (OES channels)", "random-channels": "Sparse-DIP (random channels)"}
-LEARNED_ONCE = ("oes", "oes-channels")
-"""Prunings learned once per volume (on its reference slice) and shared by its slices."""
+LEARNED_ONCE = ("oes", "oes-channels", "random-channels")
+"""Prunings made once per volume (on its reference slice) and shared by its slices, so that
+the slices can be chained (a random channel mask depends on the seed only: the same for
+every slice)."""
 
 
 class Untrained(Reconstructor):
@@ -31,15 +33,20 @@ class Untrained(Reconstructor):
 
     @property
     def steps(self) -> int:
-        return self.config.fit.steps
+        return self.config.steps
 
     @property
     def warm_startable(self) -> bool:
         return self.config.warm.enabled
 
     def fingerprint(self) -> dict:
-        d = dataclasses.asdict(self.config)
+        """The settings as run: a default left to the generator (``None``) is recorded as the
+        value it takes, so a run resumes only with the values its slices were fitted with."""
+        cfg = self.config
+        d = dataclasses.asdict(cfg)
         d["pruning"].pop("method")
+        d["pruning"]["density"] = cfg.pruning.kept
+        d["fit"].update(steps=cfg.steps, lr=cfg.lr, lr_schedule=cfg.lr_schedule)
         return {"dip": d}
 
     def reconstruct_batch(self, xs: Sequence[SliceData], *, weight_mask: WeightMask | None = None,

@@ -18,7 +18,7 @@ import torch
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.optim import LR_SCHEDULES
 from oes_mri.physics.holdout import SHAPES, KspaceSplit, NothingToHoldOut, split_mask
-from oes_mri.pruning.config import PRUNINGS, OesConfig, PruningConfig, require
+from oes_mri.pruning.config import CHANNEL_PRUNINGS, PRUNINGS, OesConfig, PruningConfig, require
 from oes_mri.solvers.fastpath import FAST_PATHS
 from oes_mri.solvers.loop import LOG_EVERY, ValidationStop
 from oes_mri.solvers.tuning import LambdaChoice, Solver, choose_lambda
@@ -27,6 +27,17 @@ log = logging.getLogger("oes_mri")
 
 OUTPUTS = ("best", "last", "ema")
 STARTS = ("none", "l1", "sense", "tv")
+STEPS = {"weights": 300, "channels": 1500}
+"""The default step cap (a budget on the CPU; CUDA runs get ``recon.CUDA_STEPS``), by generator:
+300 steps of the full hourglass or 1500 of one rebuilt with a quarter of its channels both take
+about 100 s a slice on one core at 256x256, about 10x held-out L1-wavelet's seconds
+(``docs/time_to_quality.md``)."""
+RATES = {"weights": (1e-2, "constant"), "channels": (3e-2, "warmup")}
+"""The default learning rate and schedule of a fit from a random init, by generator: the full
+hourglass (dense, or pruned weight by weight: dense FLOPs) at 1e-2, constant; a generator
+rebuilt smaller by channel pruning at a warm-up to 3e-2. Measured side by side on one core
+(``docs/time_to_quality.md``): at 10x L1-wavelet's seconds the warm-up to 3e-2 gives a quarter
+of the channels +1.35 dB on the brain at 4x, +0.35 dB on the sample, level at 9x and 12x."""
 
 __all__ = ["DipConfig", "FitConfig", "OesConfig", "PruningConfig", "PRUNINGS", "SpeedConfig", "ValidationConfig",
            "WarmStart", "OUTPUTS"]
@@ -37,8 +48,12 @@ class FitConfig:
     """The fit of the generator to the k-space (:func:`~oes_mri.solvers.dip.fit`).
 
     Attributes:
-        steps: fitting steps (the cap when self-validation stops the fit).
-        lr: Adam learning rate; lr_schedule: "constant" or "cosine" (to 0 over ``steps``).
+        steps: fitting steps (the cap when self-validation stops the fit); ``None`` (the
+            default): the generator's own (:data:`STEPS`, read through :attr:`DipConfig.steps`).
+        lr: Adam learning rate; lr_schedule: "constant", "cosine" (to 0 over ``steps``) or
+            "warmup" (:data:`~oes_mri.optim.LR_SCHEDULES`). ``None`` (the default): the
+            generator's own (:data:`RATES`, read through :attr:`DipConfig.lr` and
+            :attr:`DipConfig.lr_schedule`).
         output: which iterate is returned: "best" (lowest held-out error; lowest data loss
             without a hold-out), "last" or "ema" (average with ``ema_decay``).
         input_jitter: std of Gaussian noise added to the fixed input at every step (DIP's
@@ -57,9 +72,9 @@ class FitConfig:
             penalty, under the held-out rule (``docs/self_validation.md``).
     """
 
-    steps: int = 300
-    lr: float = 1e-2
-    lr_schedule: str = "constant"
+    steps: int | None = None
+    lr: float | None = None
+    lr_schedule: str | None = None
     output: str = "best"
     ema_decay: float = 0.99
     input_jitter: float = 0.0
@@ -70,9 +85,10 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         require(0 <= self.penalty < math.inf, f"penalty {self.penalty}: must be finite and >= 0")
-        require(self.steps >= 1 and self.log_every >= 1, "fit steps and log_every must be >= 1")
-        require(0 < self.lr < math.inf, f"fit lr {self.lr}: must be a finite number > 0")
-        require(self.lr_schedule in LR_SCHEDULES, f"lr schedule {self.lr_schedule!r}: one of {', '.join(LR_SCHEDULES)}")
+        require((self.steps is None or self.steps >= 1) and self.log_every >= 1, "fit steps and log_every must be >= 1")
+        require(self.lr is None or 0 < self.lr < math.inf, f"fit lr {self.lr}: must be a finite number > 0")
+        require(self.lr_schedule is None or self.lr_schedule in LR_SCHEDULES,
+                f"lr schedule {self.lr_schedule!r}: one of {', '.join(LR_SCHEDULES)}")
         require(self.output in OUTPUTS, f"output {self.output!r}: one of {', '.join(OUTPUTS)}")
         require(0 <= self.ema_decay < 1, f"ema_decay {self.ema_decay}: must be in [0, 1)")
         require(0 <= self.input_jitter < math.inf, f"input_jitter {self.input_jitter}: must be finite and >= 0")
@@ -267,6 +283,30 @@ class DipConfig:
         require(not (self.speed.cuda_graph and self.fit.input_jitter), "cuda_graph does not combine with input_jitter")
         require(self.fit.start == "none" or self.validation.folds == 1,
                 "a classical start is solved on one fit set: it does not combine with held-out folds > 1")
+
+    @property
+    def steps(self) -> int:
+        """The fit's step cap: ``fit.steps``, or the generator's default (:data:`STEPS`)."""
+        return self.fit.steps if self.fit.steps is not None else STEPS[self._kind]
+
+    @property
+    def lr(self) -> float:
+        """The fit's learning rate: ``fit.lr``, or the generator's default (:data:`RATES`)."""
+        return self.fit.lr if self.fit.lr is not None else self._rates[0]
+
+    @property
+    def lr_schedule(self) -> str:
+        """The fit's schedule: ``fit.lr_schedule``, or the generator's default (:data:`RATES`)."""
+        return self.fit.lr_schedule if self.fit.lr_schedule is not None else self._rates[1]
+
+    @property
+    def _rates(self) -> tuple[float, str]:
+        return RATES[self._kind]
+
+    @property
+    def _kind(self) -> str:
+        """"channels" for a generator rebuilt smaller by channel pruning, else "weights"."""
+        return "channels" if self.pruning.method in CHANNEL_PRUNINGS else "weights"
 
     @property
     def batched(self) -> bool:

@@ -143,7 +143,7 @@ def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask |
     wm = weight_mask
     if wm is None:
         def train(g: nn.Module, m: WeightMask | None) -> None:      # IMP's rounds
-            fit(g, problem.loss, cfg.pruning.steps, cfg.fit.lr, m, log_every=cfg.pruning.steps)
+            fit(g, problem.loss, cfg.pruning.steps, cfg.lr, m, log_every=cfg.pruning.steps)
         wm, mask_losses = make_pruning_mask(cfg.pruning, cfg.oes, gen, problem.loss, train, cfg.seed, meta)
         if is_channel_mask(wm):                            # learned here: rebuild smaller, rescale the data
             gen = shrink(gen, wm)
@@ -218,9 +218,12 @@ def _output(cfg: DipConfig, st: FitSetup, res: FitResult, lr: float, fit_seconds
 def warm_config(cfg: DipConfig) -> DipConfig:
     """The settings of a warm-started fit: the fit's learning rate, step cap (never above the
     fit's) and held-out patience replaced by :class:`~oes_mri.solvers.config.WarmStart`'s
-    where it sets them."""
-    steps = None if cfg.warm.steps is None else min(cfg.warm.steps, cfg.fit.steps)
+    where it sets them. A warm rate of its own runs constant: a warm-up schedule is for a
+    random init, not for a neighbour's fitted weights."""
+    steps = None if cfg.warm.steps is None else min(cfg.warm.steps, cfg.steps)
     changes = {"fit.lr": cfg.warm.lr, "validation.patience": cfg.warm.patience, "fit.steps": steps}
+    if cfg.warm.lr is not None and cfg.lr_schedule == "warmup":
+        changes["fit.lr_schedule"] = "constant"
     return cfg.updated({k: v for k, v in changes.items() if v is not None})
 
 
@@ -243,18 +246,18 @@ class Job(NamedTuple):
 def _fit_one(job: Job, cfg: DipConfig, progress) -> DipOutput:
     """One eager fit, retried from a fresh init at half the learning rate when it diverges (a
     warm start is retried from the random init)."""
-    seed, lr, init = _init_seed(cfg, job.weight_mask), cfg.fit.lr, job.init
+    seed, lr, init = _init_seed(cfg, job.weight_mask), cfg.lr, job.init
     for attempt in range(cfg.fit.retries + 1):
         st = setup_fit(job.x, cfg, seed, job.weight_mask, job.fold, init, job.start)
         t1 = time.perf_counter()
         fast = choose_fast_path(st.gen, st.loss_fn, "fp32" if cfg.speed.amp else cfg.speed.fast_path)
         try:
-            res = fit(st.gen, st.loss_fn, cfg.fit.steps, lr, st.fit_mask,
+            res = fit(st.gen, st.loss_fn, cfg.steps, lr, st.fit_mask,
                       ema_decay=cfg.fit.ema_decay if cfg.fit.output == "ema" else None,
                       log_every=cfg.fit.log_every, monitor=_scaled(job.monitor, st.problem), progress=progress,
                       compile=cfg.speed.compile, amp=cfg.speed.amp or fast.path == "bf16",
                       cuda_graph=cfg.speed.cuda_graph, input_jitter=cfg.fit.input_jitter, jitter_seed=seed,
-                      schedule=cfg.fit.lr_schedule, stop=cfg.validation.rule(1),
+                      schedule=cfg.lr_schedule, stop=cfg.validation.rule(1),
                       channels_last=fast.path == "channels_last")
             check_data_error(st, res)
             return _output(cfg, st, res, lr, time.perf_counter() - t1, fast)
@@ -339,14 +342,14 @@ def _fit_jobs(jobs: list[Job], cfg: DipConfig, progress: Callable[[int, dict], N
     t1 = time.perf_counter()
     try:
         results = fit_batched([st.gen for st in sts], [st.loss_fn for st in sts],
-                              cfg.fit.steps, cfg.fit.lr,
+                              cfg.steps, cfg.lr,
                               [st.fit_mask for st in sts], cfg.fit.log_every,
                               [_scaled(j.monitor, st.problem) for st, j in zip(sts, jobs)], progress,
-                              cfg.speed.cuda_graph, cfg.fit.lr_schedule, cfg.validation.rule(len(jobs)))
+                              cfg.speed.cuda_graph, cfg.lr_schedule, cfg.validation.rule(len(jobs)))
         for st, res in zip(sts, results):
             check_data_error(st, res)
     except FitDiverged as err:
         log.warning("batch %s: %s; fitting its slices one at a time", jobs[0].x.source, err)
         return one_at_a_time(jobs)
     seconds = (time.perf_counter() - t1) / len(jobs)
-    return [_output(cfg, st, res, cfg.fit.lr, seconds) for st, res in zip(sts, results)]
+    return [_output(cfg, st, res, cfg.lr, seconds) for st, res in zip(sts, results)]
