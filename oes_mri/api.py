@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from oes_mri.methods import DEFAULT_METHODS, Reconstruction, Reconstructor, make
+from oes_mri.methods import Reconstruction, Reconstructor, default_methods, make
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.physics.masks import SamplingMask, mask_from_array
 from oes_mri.physics.operator import MultiCoilOp
@@ -56,7 +56,7 @@ def _sampling_mask(mask: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> S
 
 
 def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarray | torch.Tensor,
-                method: str | Reconstructor = DEFAULT_METHODS[0], maps: np.ndarray | torch.Tensor | None = None, *,
+                method: str | Reconstructor | None = None, maps: np.ndarray | torch.Tensor | None = None, *,
                 recon_size: tuple[int, int] | None = None, readout: str = "crop", tune: bool = True,
                 device: torch.device | str | None = None, progress=None, **settings: Any) -> Reconstruction:
     """Reconstruct one slice.
@@ -66,9 +66,9 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
         mask: the sampling mask: a :class:`~oes_mri.physics.masks.SamplingMask` (what
             ``fastmri_mask`` returns), or an array ``(W,)``, ``(1, W)`` or ``(H, W)`` (its
             calibration region is then the centred run of sampled lines).
-        method: a name of :data:`oes_mri.methods.REGISTRY` (default: the CLI's Sparse-DIP,
-            "random-channels"; "oes", "dip", "sense", "l1", "tv",
-            "zf", ...) or a method object.
+        method: a name of :data:`oes_mri.methods.REGISTRY` ("oes", "dip", "sense", "l1", "tv",
+            "zf", ...) or a method object; ``None``: the CLI's default Sparse-DIP on the
+            device (:data:`oes_mri.methods.DEFAULT_DIP`: "random-channels" on the CPU).
         maps: coil maps ``(C, H, W)`` on the k-space grid; ``None``: ESPIRiT from the
             calibration region.
         recon_size: ``(rH, rW)`` of the output (default ``(H, W)``; fastMRI knee: 320x320, with
@@ -98,7 +98,7 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
         rec = method
     else:
         dip, own = _dip_settings(settings)
-        rec = make(method, DipConfig().updated(dip), tune, **own)
+        rec = make(method or default_methods(k.device)[0], DipConfig().updated(dip), tune, **own)
     given = None if maps is None else _as_tensor(maps, k.device).to(torch.complex64)
     x = measure(k, smask, tuple(recon_size or shape), readout, given)
     return rec.reconstruct(x.kspace, MultiCoilOp(x.mask, x.maps, x.recon_size), progress=progress)

@@ -58,7 +58,7 @@ the reference slice runs it: a warm slice's cap is ``WarmStart.steps``."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from oes_mri.methods import DEFAULT_METHODS, METHODS
+    from oes_mri.methods import METHODS, default_methods
     from oes_mri.nets.generator import ARCHS, ArchConfig
     from oes_mri.physics.holdout import SHAPES
     from oes_mri.pruning.config import DENSITY
@@ -90,8 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=None,
                    help="mask seed (default: fastMRI's per-volume seed tuple(map(ord, file name)))")
     g = p.add_argument_group("methods")
-    g.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                   help=f"comma list of {', '.join(METHODS)}, or 'all' (default {','.join(DEFAULT_METHODS)})")
+    g.add_argument("--methods", default=None,
+                   help=f"comma list of {', '.join(METHODS)}, or 'all' (default {','.join(default_methods('cpu'))} "
+                   f"on the CPU, {','.join(default_methods('cuda'))} on CUDA)")
     g = p.add_argument_group("Sparse-DIP and DIP")
     g.add_argument("--density", type=float, default=None,
                    help=f"kept fraction of the prunable weights (default {DENSITY['weights']:g}), of the channels "
@@ -225,7 +226,7 @@ def resolve_device(spec: str, remote: bool = False) -> str:
 def make_config(args: argparse.Namespace):
     """Validate the options and build a :class:`oes_mri.pipeline.RunConfig`."""
     from oes_mri.data.sample import sample_path
-    from oes_mri.methods import make, parse_methods
+    from oes_mri.methods import default_methods, make, parse_methods
     import torch
 
     from oes_mri.pipeline import RunConfig
@@ -248,7 +249,7 @@ def make_config(args: argparse.Namespace):
     if args.batch_slices < 1:
         raise InputError(None, f"--batch-slices {args.batch_slices}: must be >= 1")
     try:
-        methods = parse_methods(args.methods)
+        methods = parse_methods(args.methods) if args.methods is not None else None
     except ValueError as err:
         raise InputError(None, f"--methods: {err}")
     if args.weight_mask is not None:
@@ -256,6 +257,7 @@ def make_config(args: argparse.Namespace):
 
         WeightMask.load(args.weight_mask)  # readable, else a clear error now
     device = resolve_device(args.device, remote=args.ray not in (None, "local"))
+    methods = methods if methods is not None else list(default_methods(device))
     steps = args.steps if args.steps is not None else default_steps(device)
     graph = (args.cuda_graph if args.cuda_graph is not None
              else device.startswith("cuda") and not args.compile and not args.input_jitter)

@@ -83,6 +83,19 @@ def test_reconstruct_equals_cli(sample_slice, tmp_path):
     assert out.steps == 20 and out.weight_mask is not None and out.image.shape == tuple(size)
 
 
+def test_default_sparse_dip_equals_cli(sample_slice, tmp_path):
+    """Without a method, the one call runs the CLI's default Sparse-DIP for the device (random
+    channels on the CPU), with the same image."""
+    from oes_mri.pruning.channels import is_channel_mask
+    from oes_mri.recon import main
+
+    k, smask, size = sample_slice
+    assert main(["--steps", "20", "--no-figures", "--quiet", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    out = oes_mri.reconstruct(k, smask, recon_size=size, steps=20)
+    assert np.array_equal(out.image, _images(tmp_path)["random-channels"][0])
+    assert is_channel_mask(out.weight_mask) and out.history["lr"] == 3e-2
+
+
 def test_reconstruct_takes_arrays_objects_and_checks_settings(sample_slice):
     k, smask, size = sample_slice
     by_array = oes_mri.reconstruct(k.numpy(), smask.mask.numpy()[0], "zf", recon_size=size)

@@ -248,12 +248,15 @@ def _dip_config(tmp_path, *args):
 
 
 def test_cli_default_is_the_channel_pruned_sparse_dip(tmp_path):
-    """No flags: the default Sparse-DIP (a quarter of the channels, warm-up to 3e-2, 1500 steps on
-    the CPU); a flag given is used as given."""
+    """No flags on the CPU: the channel-pruned Sparse-DIP (a quarter of the channels, warm-up to
+    3e-2, 1500 steps); on CUDA OES on the full generator; a flag given is used as given."""
     from oes_mri.recon import build_parser, make_config
 
+    from oes_mri.methods import default_methods
+
     cfg = make_config(build_parser().parse_args(["--out", str(tmp_path)]))
-    assert cfg.names == ["random-channels", "sense", "zf"]
+    assert cfg.names == ["random-channels", "sense", "zf"] == list(default_methods("cpu"))
+    assert default_methods("cuda:1") == ("oes", "sense", "zf")             # the full budget: OES on the full net
     dip = cfg.method("random-channels").config
     assert (dip.steps, dip.lr, dip.lr_schedule, dip.pruning.kept) == (1500, 3e-2, "warmup", 0.25)
     cfg = make_config(build_parser().parse_args(["--out", str(tmp_path), "--steps", "50", "--lr", "0.01",

@@ -22,7 +22,7 @@ from deepinv.models import Reconstructor as _DeepinvReconstructor
 from deepinv.physics import MultiCoilMRI
 
 from oes_mri.api import reconstruct
-from oes_mri.methods import DEFAULT_METHODS, Reconstructor
+from oes_mri.methods import Reconstructor
 
 
 def physics_tensors(physics: MultiCoilMRI, b: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,12 +35,13 @@ class DeepinvReconstructor(_DeepinvReconstructor):
     """An oes-mri method as a deepinv reconstructor.
 
     Args:
-        method: a method name ("oes", "dip", "sense", "l1", "tv", "zf", ...) or object.
+        method: a method name ("oes", "dip", "sense", "l1", "tv", "zf", ...) or object
+            (``None``: the default Sparse-DIP on the k-space's device, as :func:`oes_mri.reconstruct`).
         recon_size: ``(rH, rW)`` of the output (default: the k-space grid).
         **settings: the method's settings, as :func:`oes_mri.reconstruct` takes them.
     """
 
-    def __init__(self, method: str | Reconstructor = DEFAULT_METHODS[0], recon_size: tuple[int, int] | None = None,
+    def __init__(self, method: str | Reconstructor | None = None, recon_size: tuple[int, int] | None = None,
                  **settings: Any) -> None:
         super().__init__()
         self.method, self.recon_size, self.settings = method, recon_size, settings
