@@ -79,7 +79,7 @@ CONSTANT = {"fit.lr": 1e-2, "fit.lr_schedule": "constant"}
 """The full hourglass's rate, pinned where a channel-pruned configuration was measured with it
 (the channel-pruned generators' default became the warm-up to 3e-2, ``rch-25-warm3``)."""
 CONFIGS: dict[str, Config] = {
-    "oes": Config("oes", note="today's default: 5 % OES mask, dense FLOPs"),
+    "oes": Config("oes", note="the CUDA default (the CPU default before): 5 % OES mask, dense FLOPs"),
     "dip": Config("dip", note="dense hourglass, 3.0M weights"),
     "dip-w2": Config("dip", arch=hourglass(0.5), note="dense, half width (hourglass-small)"),
     "dip-w4": Config("dip", arch=hourglass(0.25), note="dense, quarter width"),
@@ -94,8 +94,8 @@ CONFIGS: dict[str, Config] = {
     "l1+dip-w2": Config("dip", {"fit.start": "l1"}, hourglass(0.5), note="the same at half width"),
     "dip-w4-warm3": Config("dip", {"fit.lr_schedule": "warmup", "fit.lr": 3e-2}, hourglass(0.25),
                            note="quarter width, warm-up to a peak rate of 3e-2"),
-    "rch-25-warm3": Config("random-channels", {"pruning.density": 0.25, "fit.lr_schedule": "warmup",
-                                               "fit.lr": 3e-2}, note="random channels (a quarter), warm-up to 3e-2: the new default"),
+    "rch-25-warm3": Config("random-channels", {"pruning.density": 0.25, "fit.lr_schedule": "warmup", "fit.lr": 3e-2},
+                           note="random channels (a quarter), warm-up to 3e-2: the CPU default"),
     "l1+dip-w4-lr3": Config("dip", {"fit.start": "l1", "fit.lr": 1e-3}, hourglass(0.25),
                             note="the residual on L1 at learning rate 1e-3"),
     "l1+soes-25": Config("oes-channels", {"fit.start": "l1", "pruning.density": 0.25, **CONSTANT},
