@@ -30,14 +30,16 @@ from pathlib import Path
 import h5py
 import torch
 
-from oes_mri.atomic import atomic_write_bytes
-from oes_mri.data.volumes import parse_slices
-from oes_mri.data.sample import sample_volume_path
-from oes_mri.metrics import slice_metrics
-from oes_mri.methods import make
-from oes_mri.pipeline import RunConfig, run
-from oes_mri.solvers.config import DipConfig, ValidationConfig, WarmStart
-from quality import settings_digest
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from quality import settings_digest  # noqa: E402
+
+from oes_mri.atomic import atomic_write_bytes  # noqa: E402
+from oes_mri.data.volumes import parse_slices  # noqa: E402
+from oes_mri.data.sample import sample_volume_path  # noqa: E402
+from oes_mri.metrics import slice_metrics  # noqa: E402
+from oes_mri.methods import make  # noqa: E402
+from oes_mri.pipeline import RunConfig, run  # noqa: E402
+from oes_mri.solvers.config import DipConfig, ValidationConfig, WarmStart  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "warm"
@@ -68,7 +70,7 @@ def volume_label(data: Path, select: str | None) -> str:
 
 def fingerprint(cfg: RunConfig) -> str:
     """:func:`quality.settings_digest` of the run's generator settings."""
-    return settings_digest(cfg.settings.dip)
+    return settings_digest(cfg.methods[0].config)
 
 
 def measure(name: str, args: argparse.Namespace, data: Path) -> dict:

@@ -101,7 +101,7 @@ class DenseDIP(Untrained):
 class SparseDIP(Untrained):
     """Sparse-DIP: the generator pruned at initialisation by ``pruning`` ("oes", the default:
     Optimal Eye Surgeon; or a baseline: "random", "magnitude", "snip", "imp"; structured, the
-    generator rebuilt smaller: "oes-channels", "random-channels") at ``config.pruning.density``,
+    generator rebuilt smaller: "oes-channels", "random-channels") at ``config.pruning.kept``,
     then fitted. OES learns one mask per volume on its reference slice (:attr:`volume_mask`,
     or a given mask); the baselines make a mask per slice."""
 
