@@ -48,10 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import SHARED, Case, prepare, run_method, score  # noqa: E402
 
 from oes_mri.atomic import atomic_write_bytes  # noqa: E402
-from oes_mri.methods import make  # noqa: E402
 from oes_mri.data.sample import sample_path, sample_volume_path  # noqa: E402
+from oes_mri.methods import make  # noqa: E402
 from oes_mri.nets.generator import ArchConfig, build_generator  # noqa: E402
 from oes_mri.pruning.channels import random_channel_mask, shrink  # noqa: E402
+from oes_mri.pruning.config import generator_kind  # noqa: E402
 from oes_mri.solvers.config import DipConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "ttq"
@@ -131,13 +132,14 @@ def step_cost(case: Case, cfg: Config) -> tuple[float, int]:
 
     gen = build_generator(cfg.arch, tuple(case.x.kspace.shape[-2:]), 1, 0)
     density = make(cfg.method, cfg.settings(1)).config.pruning.kept
-    if cfg.method.endswith("channels"):
+    channels = generator_kind(cfg.method) == "channels"
+    if channels:
         gen = shrink(gen, random_channel_mask(gen, density))       # any mask of the budget: same shapes
     with FlopCounterMode(display=False) as fc:
         out = gen()
         (out.real.square().sum() + out.imag.square().sum()).backward()
     params = sum(p.numel() for p in gen.parameters())
-    if cfg.method not in ("dip",) and not cfg.method.endswith("channels"):
+    if cfg.method != "dip" and not channels:
         params = round(params * density)
     return fc.get_total_flops() / 1e9, params
 

@@ -30,11 +30,14 @@ from oes_mri.physics.masks import SamplingMask, mask_from_array
 
 MIN_GRID = 4                 # a k-space side below this cannot be undersampled
 MAX_SLICE_BYTES = 4 * 2**30  # a fastMRI knee slice is 28 MB; more is a corrupt header
+MAX_VOLUME_BYTES = 16 * 2**30
+"""A scanner file's whole k-space in memory at most (a fastMRI knee volume is about 1 GB)."""
 
 
 def check_size(path: Path | str, shape: tuple[int, int, int, int], itemsize: int) -> None:
     """Refuse k-space of ``shape`` ``(slices, coils, H, W)`` whose slices claim more than
-    :data:`MAX_SLICE_BYTES` each (a corrupt or hostile header), before anything is allocated.
+    :data:`MAX_SLICE_BYTES` each or :data:`MAX_VOLUME_BYTES` in all (a corrupt or hostile header),
+    before anything is allocated.
 
     Raises:
         InputError: naming the file and the claimed size.
@@ -45,9 +48,6 @@ def check_size(path: Path | str, shape: tuple[int, int, int, int], itemsize: int
         raise InputError(path, f"the header claims k-space {tuple(shape)} ({S * slice_bytes / 2**30:.1f} GiB): "
                                "a corrupt header or not a scan this toolkit reads")
 
-
-MAX_VOLUME_BYTES = 16 * 2**30
-"""A scanner file's whole k-space in memory at most (a fastMRI knee volume is about 1 GB)."""
 
 TARGET_KEYS = {"multicoil": "reconstruction_rss", "singlecoil": "reconstruction_esc"}
 

@@ -85,9 +85,12 @@ def check_scale(kspace: np.ndarray, path: Path) -> None:
     """Warn when the k-space's largest value is implausibly far above its median (a corrupt,
     e.g. bit-flipped, sample): the reconstruction is then made but likely wrong."""
     a = np.abs(kspace[kspace != 0])
-    if a.size and float(a.max()) > MAX_DYNAMIC_RANGE * float(np.median(a)):
+    if not a.size:
+        return
+    ratio = float(a.max()) / float(np.median(a))
+    if ratio > MAX_DYNAMIC_RANGE:
         log.warning("%s: implausible k-space values (the largest is %.2g times the median): corrupt data?", path,
-                    float(a.max() / np.median(a)))
+                    ratio)
 
 
 def read_info(path: str | os.PathLike, challenge: str | None = None) -> VolumeInfo:

@@ -25,9 +25,16 @@ DENSITY = {"weights": 0.05, "channels": 0.25}
 of every feature map (a quarter: 16x fewer FLOPs a step; ``docs/time_to_quality.md``)."""
 
 
+def generator_kind(method: str) -> str:
+    """"channels" for a pruning that rebuilds the generator smaller (:data:`CHANNEL_PRUNINGS`),
+    else "weights" (the full generator, dense or masked weight by weight): the key of the
+    per-generator defaults (:data:`DENSITY`, ``solvers.config.STEPS`` and ``RATES``)."""
+    return "channels" if method in CHANNEL_PRUNINGS else "weights"
+
+
 def default_density(method: str) -> float:
     """The kept fraction ``method`` uses when none is given (:data:`DENSITY`)."""
-    return DENSITY["channels" if method in CHANNEL_PRUNINGS else "weights"]
+    return DENSITY[generator_kind(method)]
 
 
 def require(ok: bool, message: str) -> None:

@@ -18,7 +18,7 @@ import torch
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.optim import LR_SCHEDULES
 from oes_mri.physics.holdout import SHAPES, KspaceSplit, NothingToHoldOut, split_mask
-from oes_mri.pruning.config import CHANNEL_PRUNINGS, PRUNINGS, OesConfig, PruningConfig, require
+from oes_mri.pruning.config import PRUNINGS, OesConfig, PruningConfig, generator_kind, require
 from oes_mri.solvers.fastpath import FAST_PATHS
 from oes_mri.solvers.loop import LOG_EVERY, ValidationStop
 from oes_mri.solvers.tuning import LambdaChoice, Solver, choose_lambda
@@ -287,26 +287,18 @@ class DipConfig:
     @property
     def steps(self) -> int:
         """The fit's step cap: ``fit.steps``, or the generator's default (:data:`STEPS`)."""
-        return self.fit.steps if self.fit.steps is not None else STEPS[self._kind]
+        return self.fit.steps if self.fit.steps is not None else STEPS[generator_kind(self.pruning.method)]
 
     @property
     def lr(self) -> float:
         """The fit's learning rate: ``fit.lr``, or the generator's default (:data:`RATES`)."""
-        return self.fit.lr if self.fit.lr is not None else self._rates[0]
+        return self.fit.lr if self.fit.lr is not None else RATES[generator_kind(self.pruning.method)][0]
 
     @property
     def lr_schedule(self) -> str:
         """The fit's schedule: ``fit.lr_schedule``, or the generator's default (:data:`RATES`)."""
-        return self.fit.lr_schedule if self.fit.lr_schedule is not None else self._rates[1]
-
-    @property
-    def _rates(self) -> tuple[float, str]:
-        return RATES[self._kind]
-
-    @property
-    def _kind(self) -> str:
-        """"channels" for a generator rebuilt smaller by channel pruning, else "weights"."""
-        return "channels" if self.pruning.method in CHANNEL_PRUNINGS else "weights"
+        return (self.fit.lr_schedule if self.fit.lr_schedule is not None
+                else RATES[generator_kind(self.pruning.method)][1])
 
     @property
     def batched(self) -> bool:
