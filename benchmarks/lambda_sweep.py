@@ -3,7 +3,7 @@ how the default weights of :mod:`oes_mri.methods.classical` were chosen.
 
     python benchmarks/lambda_sweep.py          # about 5 min on 2 CPU cores
 
-lambda is relative to the data scale (``oes_mri.solvers.classical`` divides the k-space by
+lambda is relative to the data scale (``oes_mri.methods.solvers`` divides the k-space by
 ``max |A^H y|``), so one default serves fastMRI knee data, the built-in sample and tiny
 phantoms. Same cases and metrics as ``benchmarks/quality.py`` (middle slice, fastMRI random
 mask with the per-volume seed, fastMRI definitions). Writes ``lambda_sweep.md`` / ``.csv``.

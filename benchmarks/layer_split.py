@@ -18,7 +18,7 @@ import torch
 from quality import default_files, prepare
 
 from oes_mri.atomic import atomic_write_bytes
-from oes_mri.solvers.sparse_dip import DipConfig, setup_fit
+from oes_mri.fit.jobs import DipConfig, setup_fit
 
 ROOT = Path(__file__).resolve().parent
 MASKS = ["oes:global", "random:global", "magnitude:global", "oes:erk", "random:erk", "magnitude:erk"]

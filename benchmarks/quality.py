@@ -43,11 +43,11 @@ from oes_mri.data.sample import cache_dir, sample_path
 from oes_mri.methods import METHODS, Reconstruction, final_image, make
 from oes_mri.metrics import volume_metrics
 from oes_mri.physics.coils import MapCache
-from oes_mri.slices import Sampling, prepare_slice
-from oes_mri.solvers.sparse_dip import SliceData
+from oes_mri.app.slices import Sampling, prepare_slice
+from oes_mri.physics.measured import SliceData
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.pruning.config import DENSITY
-from oes_mri.solvers.config import DipConfig, PruningConfig
+from oes_mri.defaults import GENERATORS
+from oes_mri.fit.config import DipConfig, PruningConfig
 
 ROOT = Path(__file__).resolve().parent
 SHARED = ROOT.parent.parent / "shared" / "data"
@@ -297,7 +297,7 @@ def plots(rows: list[dict], out: Path) -> list[str]:
         for i, r in enumerate(curves):
             c = np.asarray(r["curve"])
             sets = dict(v.split("=", 1) for v in r["variant"].split() if "=" in v)
-            pct = f"{100 * float(sets.pop('density', sets.pop('pruning.density', DENSITY['weights']))):g} %"
+            pct = f"{100 * float(sets.pop('density', sets.pop('pruning.density', GENERATORS['weights'].kept))):g} %"
             label = {"oes": f"Sparse-DIP (OES {pct})", "dip": "dense DIP"}.get(r["method"], f"{r['method']} {pct}")
             label += "".join(f", {k}={v}" for k, v in sets.items())           # steps and --set changes
             style = {"c": colours[i % len(colours)], "ls": ("-", "--", ":")[i // len(colours) % 3], "lw": 1}
@@ -325,7 +325,7 @@ def plots(rows: list[dict], out: Path) -> list[str]:
     for r in rows:                      # the table's OES row is the default density's point
         rest = "" if r["variant"] == "default" else r["variant"]
         if r["experiment"] == "table" and r["method"] == "oes" and (r["data"], r["accel"]) in cases and rest in groups:
-            groups[rest].append((DENSITY["weights"], r))
+            groups[rest].append((GENERATORS["weights"].kept, r))
     if groups:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         for rest, dens in sorted(groups.items()):

@@ -4,7 +4,7 @@
 
 A simulated dataset (default 2 volumes x 4 slices, 8 coils, 64x64 images) is reconstructed
 with Sparse-DIP (``hourglass-small``, 20 mask + 150 fit steps) three ways: serial
-(``oes_mri.pipeline.run``, torch's default threads), and ``--ray local`` with 1 and 2
+(``oes_mri.app.pipeline.run``, torch's default threads), and ``--ray local`` with 1 and 2
 single-CPU workers (each task: 1 CPU, 1 torch thread). Wall time includes Ray's start-up.
 Writes ``ray_throughput.md`` under ``--out``.
 """
@@ -27,9 +27,10 @@ from oes_mri.data.sample import sample_image
 from oes_mri.data.simulate import write_fastmri_file
 from oes_mri.methods import make
 from oes_mri.nets.generator import ArchConfig
-from oes_mri.pipeline import RunConfig, run
-from oes_mri.ray_runner import RayOptions, run_ray
-from oes_mri.solvers.sparse_dip import DipConfig
+from oes_mri.app.pipeline import run
+from oes_mri.app.volume import RunConfig
+from oes_mri.app.ray_runner import RayOptions, run_ray
+from oes_mri.fit.jobs import DipConfig
 
 ROOT = Path(__file__).resolve().parent
 

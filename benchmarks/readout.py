@@ -3,7 +3,7 @@
     python benchmarks/readout.py                       # full, crop, crop-maps on the built-in sample
     python benchmarks/readout.py --readouts full,crop --accels 4
 
-For each readout handling (``oes_mri.slices.READOUTS``: ``full``; ``crop``: the k-space cut to
+For each readout handling (``oes_mri.app.slices.READOUTS``: ``full``; ``crop``: the k-space cut to
 the recon field of view, maps estimated on the acquired readout and cropped; ``crop-maps``:
 maps estimated on the cropped k-space) and each acceleration: zero-filled, CG-SENSE, L1-wavelet
 (fixed weights) and Sparse-DIP (``--steps`` fit steps, no hold-out), PSNR / SSIM with the fastMRI
@@ -29,8 +29,8 @@ from oes_mri.data.sample import sample_path  # noqa: E402
 from oes_mri.data.volumes import read_info  # noqa: E402
 from oes_mri.physics.coils import estimate_maps  # noqa: E402
 from oes_mri.physics.fft import crop_readout  # noqa: E402
-from oes_mri.slices import Sampling  # noqa: E402
-from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig  # noqa: E402
+from oes_mri.app.slices import Sampling  # noqa: E402
+from oes_mri.fit.jobs import DipConfig, ValidationConfig  # noqa: E402
 
 
 def prepare_crop_maps(path: Path, accel: float) -> Case:

@@ -7,7 +7,8 @@ from typing import Sequence
 
 import torch
 
-from oes_mri.solvers.loop import Record, StopRule, make_record
+from oes_mri.fit.loop import Record
+from oes_mri.fit.stopping import StopRule, make_record
 
 
 def replay(vals: Sequence[float], rule: StopRule, log_every: int) -> tuple[Record, int]:

@@ -8,7 +8,7 @@ Measured on the built-in sample (8 coils, 320x184 k-space, fastMRI random 4x mas
 OES hourglass (3.0M parameters), interleaved repeats, median seconds per step:
 
 - floor: the bare generator forward + backward (no data term, no optimizer);
-- dense fit step: :func:`oes_mri.solvers.dip.fit` (generator + SenseOp + loss + Adam + best
+- dense fit step: :func:`oes_mri.fit.engine.fit` (generator + SenseOp + loss + Adam + best
   iterate), and the same with a 5 % weight mask;
 - OES step: :func:`oes_mri.pruning.oes.learn_oes_logits` (functional masks, no copies);
 - reference OES step: the published code's way (deep copy of the network every step, relaxed
@@ -45,8 +45,9 @@ from oes_mri.nets.generator import ArchConfig, build_generator
 from oes_mri.physics.masks import fastmri_mask
 from oes_mri.pruning.oes import bernoulli_kl, learn_oes_logits, relaxed_mask
 from oes_mri.pruning.weightmask import WeightMask, prunable_names, topk_masks
-from oes_mri.solvers.batched import fit_batched
-from oes_mri.solvers.dip import fit, make_problem
+from oes_mri.fit.engine import fit, fit_batch
+from oes_mri.fit.problem import make_problem
+from oes_mri.physics.operator import MultiCoilOp
 
 ROOT = Path(__file__).resolve().parent
 
@@ -66,7 +67,7 @@ def synthetic_problem(shape: tuple[int, int], coils: int, device: torch.device, 
     gen = build_generator(ArchConfig(), shape, 1, seed, device)
     y = (k * m.mask).to(device)
     with torch.no_grad():
-        problem = make_problem(y, m.mask.to(device), maps.to(device), gen())
+        problem = make_problem(y, MultiCoilOp(m.mask, maps).to(device), gen())
     return gen, problem
 
 
@@ -194,7 +195,7 @@ def measure_batched(args, device: torch.device) -> dict:
         for graph in graphs:
             gens, seq = [copy.deepcopy(p[0]) for p in pairs], [copy.deepcopy(p[0]) for p in pairs]
             tag = ", CUDA graph" if graph else ""
-            runs["batched" + tag] = lambda n, gens=gens, graph=graph: fit_batched(
+            runs["batched" + tag] = lambda n, gens=gens, graph=graph: fit_batch(
                 gens, losses, n, log_every=10**9, cuda_graph=graph)
             runs["one at a time" + tag] = lambda n, seq=seq, graph=graph: [
                 fit(g, f, n, log_every=10**9, cuda_graph=graph) for g, f in zip(seq, losses)]

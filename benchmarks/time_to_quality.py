@@ -52,8 +52,8 @@ from oes_mri.data.sample import sample_path, sample_volume_path  # noqa: E402
 from oes_mri.methods import make  # noqa: E402
 from oes_mri.nets.generator import ArchConfig, build_generator  # noqa: E402
 from oes_mri.pruning.channels import random_channel_mask, shrink  # noqa: E402
-from oes_mri.pruning.config import generator_kind  # noqa: E402
-from oes_mri.solvers.config import DipConfig  # noqa: E402
+from oes_mri.defaults import generator_kind  # noqa: E402
+from oes_mri.fit.config import DipConfig  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "ttq"
 CLASSICAL = ("l1", "sense", "tv")

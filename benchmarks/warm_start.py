@@ -1,7 +1,7 @@
 """A volume as a chain of warm-started slices against independent fits, side by side in one
 run: total fit steps, fit seconds, volume and per-slice PSNR/SSIM (fastMRI definitions).
 
-Each configuration is a whole CLI run (:func:`oes_mri.pipeline.run`) on the simulated
+Each configuration is a whole CLI run (:func:`oes_mri.app.pipeline.run`) on the simulated
 multi-slice volume (:func:`oes_mri.data.sample.sample_volume_path`), so the chain, the
 hold-out rule and the outputs are exactly what a user gets. Configurations (``--configs``):
 ``independent-full`` (every slice from the random init, the oversampled readout fitted),
@@ -38,8 +38,9 @@ from oes_mri.data.volumes import parse_slices  # noqa: E402
 from oes_mri.data.sample import sample_volume_path  # noqa: E402
 from oes_mri.metrics import slice_metrics  # noqa: E402
 from oes_mri.methods import make  # noqa: E402
-from oes_mri.pipeline import RunConfig, run  # noqa: E402
-from oes_mri.solvers.config import DipConfig, ValidationConfig, WarmStart  # noqa: E402
+from oes_mri.app.pipeline import run  # noqa: E402
+from oes_mri.app.volume import RunConfig  # noqa: E402
+from oes_mri.fit.config import DipConfig, ValidationConfig, WarmStart  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 OUT = ROOT / "results" / "warm"

@@ -5,7 +5,7 @@
     out.image            # (rH, rW) float32: data consistency + RSS, cropped
     out.steps, out.history["best_step"]
 
-The same path as the command line (:func:`oes_mri.slices.measure`: the mask applied, ESPIRiT
+The same path as the command line (:func:`oes_mri.app.slices.measure`: the mask applied, ESPIRiT
 maps on the acquired readout, readout oversampling removed) and the same method objects
 (:mod:`oes_mri.methods`), so the image equals the CLI's for that slice with the same settings.
 """
@@ -22,13 +22,13 @@ from oes_mri.methods import Reconstruction, Reconstructor, default_methods, make
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.physics.masks import SamplingMask, mask_from_array
 from oes_mri.physics.operator import MultiCoilOp
-from oes_mri.slices import measure
-from oes_mri.solvers.config import DipConfig
+from oes_mri.physics.measured import measure
+from oes_mri.fit.config import DipConfig
 
 ALIASES = {"steps": "fit.steps", "lr": "fit.lr", "penalty": "fit.penalty", "density": "pruning.density",
            "holdout": "validation.share", "patience": "validation.patience"}
 """Short names of the generator settings most often changed (any ``section.field`` of
-:class:`~oes_mri.solvers.config.DipConfig` works too)."""
+:class:`~oes_mri.fit.config.DipConfig` works too)."""
 
 
 def _dip_settings(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -55,6 +55,26 @@ def _sampling_mask(mask: np.ndarray | torch.Tensor, shape: tuple[int, int]) -> S
     return mask_from_array(arr[0] if arr.ndim == 2 and arr.shape[0] == 1 else arr, shape, "mask")
 
 
+def resolve(method: str | Reconstructor | None, device: torch.device | str, tune: bool = True,
+            **settings: Any) -> Reconstructor:
+    """The method object :func:`reconstruct` runs on ``device``: ``method`` by name (``None``:
+    the device's default Sparse-DIP) with ``settings``, and the device's defaults where they
+    are left open (:meth:`~oes_mri.fit.config.DipConfig.on_device`: the CUDA step cap and CUDA
+    graphs), as the command line resolves them; a method object as given.
+
+    Raises:
+        ValueError: an unknown method or setting, or settings beside a method object.
+    """
+    if isinstance(method, Reconstructor):
+        if settings:
+            raise ValueError("settings go into the method object; pass either a method object or a name with settings")
+        return method
+    dip, own = _dip_settings(settings)
+    graph = dip.pop("speed.cuda_graph", None)
+    cfg = DipConfig().updated(dip).on_device(device, graph)
+    return make(method or default_methods(device)[0], cfg, tune, **own)
+
+
 def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarray | torch.Tensor,
                 method: str | Reconstructor | None = None, maps: np.ndarray | torch.Tensor | None = None, *,
                 recon_size: tuple[int, int] | None = None, readout: str = "crop", tune: bool = True,
@@ -68,7 +88,8 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
             calibration region is then the centred run of sampled lines).
         method: a name of :data:`oes_mri.methods.REGISTRY` ("oes", "dip", "sense", "l1", "tv",
             "zf", ...) or a method object; ``None``: the CLI's default Sparse-DIP on the
-            device (:data:`oes_mri.methods.DEFAULT_DIP`: "random-channels" on the CPU).
+            device (:func:`oes_mri.methods.default_methods`: "random-channels" on the CPU),
+            with the device's defaults where the settings leave them open (:func:`resolve`).
         maps: coil maps ``(C, H, W)`` on the k-space grid; ``None``: ESPIRiT from the
             calibration region.
         recon_size: ``(rH, rW)`` of the output (default ``(H, W)``; fastMRI knee: 320x320, with
@@ -79,7 +100,7 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
         progress: ``progress(step, info)`` of a generator fit.
         **settings: the method's settings: generator settings by short name (``steps``, ``lr``,
             ``density``, ``holdout``, ``patience``, ``penalty``, ``seed``, ``arch``) or as
-            ``"section.field"`` keys of :class:`~oes_mri.solvers.config.DipConfig` (pass them
+            ``"section.field"`` keys of :class:`~oes_mri.fit.config.DipConfig` (pass them
             with ``**{"fit.lr_schedule": "cosine"}``); a classical method's own fields
             (``lamda``, ``iters``).
 
@@ -92,16 +113,10 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
     k = k.to(torch.complex64)
     shape = tuple(k.shape[-2:])
     smask = mask if isinstance(mask, SamplingMask) else _sampling_mask(mask, shape)
-    if isinstance(method, Reconstructor):
-        if settings:
-            raise ValueError("settings go into the method object; pass either a method object or a name with settings")
-        rec = method
-    else:
-        dip, own = _dip_settings(settings)
-        rec = make(method or default_methods(k.device)[0], DipConfig().updated(dip), tune, **own)
+    rec = resolve(method, k.device, tune, **settings)
     given = None if maps is None else _as_tensor(maps, k.device).to(torch.complex64)
     x = measure(k, smask, tuple(recon_size or shape), readout, given)
     return rec.reconstruct(x.kspace, MultiCoilOp(x.mask, x.maps, x.recon_size), progress=progress)
 
 
-__all__ = ["reconstruct"]
+__all__ = ["reconstruct", "resolve"]

@@ -22,10 +22,10 @@ from pathlib import Path
 
 from oes_mri.errors import InputError, first_line
 from oes_mri.optim import LR_SCHEDULES
-from oes_mri.progress import BarProgress, LogProgress, Progress
+from oes_mri.app.progress import BarProgress, LogProgress, Progress
 from oes_mri.pruning.allocation import ALLOCATIONS
 from oes_mri.pruning.oes import ESTIMATORS, LOGIT_INITS
-from oes_mri.solvers.dip import FitDiverged
+from oes_mri.fit.engine import FitDiverged
 
 log = logging.getLogger("oes_mri")
 
@@ -49,22 +49,14 @@ examples:
 """
 
 
-CUDA_STEPS = 6000
-"""The step cap on CUDA. The held-out rule stops most fits before it; at a cap of 3000 the
-rule stopped the fits of the shared brain at the cap while they were still improving: over
-3 seeds a cap of 6000 gives +0.78 dB at 4x and +0.31 dB at 9x on the brain, +0.39 dB on the
-sample at 4x and -0.07 dB at 12x (docs/self_validation.md, "Step budgets"). On a volume only
-the reference slice runs it: a warm slice's cap is ``WarmStart.steps``."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     from oes_mri.methods import METHODS, default_methods
     from oes_mri.nets.generator import ARCHS, ArchConfig
     from oes_mri.physics.holdout import SHAPES
-    from oes_mri.pruning.config import DENSITY
-    from oes_mri.solvers.config import (OUTPUTS, RATES, STARTS, STEPS, DipConfig, FitConfig, OesConfig, PruningConfig,
-                                        SpeedConfig, ValidationConfig, WarmStart)
-    from oes_mri.solvers.fastpath import FAST_PATHS
+    from oes_mri.defaults import DEVICES, GENERATORS
+    from oes_mri.fit.config import (OUTPUTS, STARTS, DipConfig, FitConfig, OesConfig, PruningConfig, SpeedConfig,
+                                    ValidationConfig, WarmStart)
+    from oes_mri.fit.fastpath import FAST_PATHS
 
     p = argparse.ArgumentParser(prog="python -m oes_mri.recon", description=__doc__.split("\n\n")[1],
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,8 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"on the CPU, {','.join(default_methods('cuda'))} on CUDA)")
     g = p.add_argument_group("Sparse-DIP and DIP")
     g.add_argument("--density", type=float, default=None,
-                   help=f"kept fraction of the prunable weights (default {DENSITY['weights']:g}), of the channels "
-                   f"of every feature map for oes-channels and random-channels (default {DENSITY['channels']:g})")
+                   help=f"kept fraction of the prunable weights (default {GENERATORS['weights'].kept:g}), of the channels "
+                   f"of every feature map for oes-channels and random-channels (default {GENERATORS['channels'].kept:g})")
     g.add_argument("--oes-init", choices=LOGIT_INITS, default=OesConfig.init,
                    help="OES starting logits: zero (published, default), density (each layer's kept share), "
                    "magnitude, density+magnitude")
@@ -111,15 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OES pruning-mask learning steps (default 100; --mask-steps: the old name)")
     g.add_argument("--steps", type=int, default=None,
                    help="fitting steps: the cap when held-out k-space stops the fit (default on the CPU "
-                   f"{STEPS['channels']} for the channel-pruned generators, {STEPS['weights']} for the others; "
-                   f"{CUDA_STEPS} on CUDA)")
+                   f"{GENERATORS['channels'].steps} for the channel-pruned generators, {GENERATORS['weights'].steps} "
+                   f"for the others; {DEVICES['cuda'].steps} on CUDA)")
     g.add_argument("--lr", type=float, default=None,
-                   help=f"Adam learning rate of the fit (default {RATES['channels'][0]:g} for the channel-pruned "
-                   f"generators, {RATES['weights'][0]:g} for the others)")
+                   help=f"Adam learning rate of the fit (default {GENERATORS['channels'].lr:g} for the channel-pruned "
+                   f"generators, {GENERATORS['weights'].lr:g} for the others)")
     g.add_argument("--lr-schedule", choices=LR_SCHEDULES, default=None,
                    help="learning rate over the fit: constant, cosine from --lr to 0 over --steps, or warmup "
-                   f"(--lr/10 to --lr over the first 100 steps) (default {RATES['channels'][1]} for the "
-                   f"channel-pruned generators, {RATES['weights'][1]} for the others)")
+                   f"(--lr/10 to --lr over the first 100 steps) (default {GENERATORS['channels'].lr_schedule} for the "
+                   f"channel-pruned generators, {GENERATORS['weights'].lr_schedule} for the others)")
     g.add_argument("--arch", choices=ARCHS, default=ArchConfig.name, help=f"generator (default {ArchConfig.name})")
     g.add_argument("--dip-seed", type=int, default=DipConfig.seed,
                    help=f"generator init / input noise / held-out split seed (default {DipConfig.seed})")
@@ -224,13 +216,13 @@ def resolve_device(spec: str, remote: bool = False) -> str:
 
 
 def make_config(args: argparse.Namespace):
-    """Validate the options and build a :class:`oes_mri.pipeline.RunConfig`."""
+    """Validate the options and build a :class:`oes_mri.app.volume.RunConfig`."""
     from oes_mri.data.sample import sample_path
     from oes_mri.methods import default_methods, make, parse_methods
     import torch
 
-    from oes_mri.pipeline import RunConfig
-    from oes_mri.solvers.dip import use_cuda_graph
+    from oes_mri.app.volume import RunConfig
+    from oes_mri.fit.engine import use_cuda_graph
 
     for flag, value in (("--data", args.data), ("--out", args.out)):
         if value is not None and not value.strip():
@@ -258,14 +250,12 @@ def make_config(args: argparse.Namespace):
         WeightMask.load(args.weight_mask)  # readable, else a clear error now
     device = resolve_device(args.device, remote=args.ray not in (None, "local"))
     methods = methods if methods is not None else list(default_methods(device))
-    steps = args.steps if args.steps is not None else default_steps(device)
-    graph = (args.cuda_graph if args.cuda_graph is not None
-             else device.startswith("cuda") and not args.compile and not args.input_jitter)
+    dip = dip_config(args)
     try:
-        use_cuda_graph(graph, torch.device(device), args.compile, args.input_jitter)
+        dip = dip.on_device(device, args.cuda_graph)
+        use_cuda_graph(dip.speed.cuda_graph, torch.device(device), args.compile, args.input_jitter)
     except ValueError as err:
         raise InputError(None, f"--cuda-graph: {err}")
-    dip = dip_config(args, steps, graph)
     return RunConfig(data=Path(args.data) if args.data is not None else sample_path(), out=Path(args.out),
                      methods=[make(name, dip, args.tune_lambda) for name in methods], accel=args.accel,
                      center_fraction=args.center_fraction, mask_kind=args.mask_kind, seed=args.seed,
@@ -274,10 +264,10 @@ def make_config(args: argparse.Namespace):
                      nifti="nifti" in (args.save or ()), readout=args.readout)
 
 
-def dip_config(args: argparse.Namespace, steps: int, cuda_graph: bool):
+def dip_config(args: argparse.Namespace):
     """The untrained generators' settings from the options; a refused value is named by its flag."""
     from oes_mri.nets.generator import ArchConfig
-    from oes_mri.solvers.config import (DipConfig, FitConfig, OesConfig, PruningConfig, SpeedConfig,
+    from oes_mri.fit.config import (DipConfig, FitConfig, OesConfig, PruningConfig, SpeedConfig,
                                         ValidationConfig, WarmStart)
 
     def build(flags: str, make):
@@ -291,59 +281,18 @@ def dip_config(args: argparse.Namespace, steps: int, cuda_graph: bool):
         **({"steps": args.mask_steps} if args.mask_steps is not None else {})))
     oes = build("--oes-init/--oes-estimator", lambda: OesConfig(init=args.oes_init, estimator=args.oes_estimator))
     fit = build("--steps/--lr/--lr-schedule/--output-iterate/--input-jitter/--dip-penalty/--start", lambda: FitConfig(
-        steps=steps, lr=args.lr, lr_schedule=args.lr_schedule, output=args.output_iterate,
+        steps=args.steps, lr=args.lr, lr_schedule=args.lr_schedule, output=args.output_iterate,
         input_jitter=args.input_jitter, penalty=args.dip_penalty, start=args.start))
     validation = build("--holdout/--holdout-shape/--patience/--holdout-smoothing/--holdout-folds",
                        lambda: ValidationConfig(share=args.holdout, shape=args.holdout_shape, patience=args.patience,
                                                 smoothing=args.holdout_smoothing, folds=args.holdout_folds))
     speed = build("--compile/--amp/--cuda-graph/--fast-path", lambda: SpeedConfig(
-        compile=args.compile, amp=args.amp, cuda_graph=cuda_graph, fast_path=args.fast_path))
+        compile=args.compile, amp=args.amp, fast_path=args.fast_path))
     warm = build("--warm-start/--warm-lr/--warm-patience/--warm-steps", lambda: WarmStart(
         enabled=args.warm_start, lr=args.warm_lr, patience=args.warm_patience, steps=args.warm_steps))
     return build("--cuda-graph/--input-jitter", lambda: DipConfig(
         arch=ArchConfig(args.arch), seed=args.dip_seed, pruning=pruning, oes=oes, fit=fit, validation=validation,
         speed=speed, warm=warm))
-
-
-def default_steps(device: str) -> int | None:
-    """Fit steps when ``--steps`` is not given: :data:`CUDA_STEPS` on CUDA; on the CPU ``None``,
-    each generator's own budget (:data:`oes_mri.solvers.config.STEPS`: about 100 s a slice on
-    one core at 256x256)."""
-    return CUDA_STEPS if device.startswith("cuda") else None
-
-
-def _figures(vol, records: list[dict]) -> list[str]:
-    """Figures of one volume (middle selected slice); returns their paths relative to --out."""
-    import numpy as np
-
-    from oes_mri import report
-    from oes_mri.storage import load_checkpoint
-
-    from oes_mri.pipeline import output_stem
-
-    out, name = vol.cfg.out, output_stem(vol.info.path)
-    mid = len(vol.indices) // 2
-    index = vol.indices[mid]
-    x, target = vol.slice_input(index)
-    from oes_mri.solvers.combine import zero_filled_rss
-
-    images = {"zero-filled": zero_filled_rss(x.kspace, x.recon_size).cpu().numpy()}
-    from oes_mri.methods import ZeroFilled
-
-    curves = {}
-    for m in vol.cfg.names:
-        ck = load_checkpoint(vol.checkpoint(m, index))
-        if not isinstance(vol.cfg.method(m), ZeroFilled):      # shown once, as "zero-filled"
-            images[m] = ck["image"]
-        curves[m] = report.FitCurves(ck["curve"], ck["vals"], int(ck["steps"][1]) if ck["steps"].size else None)
-    files = [f"figures/{name}_slice{index}.png", f"figures/{name}_mask.png"]
-    report.comparison_grid(out / files[0], images, target, f"{vol.info.path.name} slice {index}, "
-                           f"{vol.smask.acceleration:.2f}x {vol.smask.kind}")
-    report.mask_figure(out / files[1], np.broadcast_to(vol.smask.mask.cpu().numpy(), vol.info.shape),
-                       f"{vol.smask.kind} mask, {vol.smask.acceleration:.2f}x, ACS {vol.smask.acs_width}")
-    if report.curves(out / f"figures/{name}_curves.png", curves, f"{vol.info.path.name} slice {index}"):
-        files.append(f"figures/{name}_curves.png")
-    return files
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -388,8 +337,9 @@ def _one_line(err: BaseException) -> str:
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from oes_mri import report
-    from oes_mri.pipeline import run
+    from oes_mri.app import report
+    from oes_mri.app.figures import volume_figures
+    from oes_mri.app.pipeline import run
 
     cfg = make_config(args)
     if args.quiet:
@@ -400,10 +350,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
     def on_volume(vol, recs):
         if not args.no_figures:
-            figures.extend(_figures(vol, recs))
+            figures.extend(volume_figures(vol, recs))
 
     if args.ray is not None:
-        from oes_mri.ray_runner import RayOptions, run_ray
+        from oes_mri.app.ray_runner import RayOptions, run_ray
 
         gpus = args.ray_task_gpus if args.ray_task_gpus is not None else float(cfg.device.startswith("cuda"))
         opts = RayOptions(args.ray, args.ray_workers, args.ray_task_cpus, gpus)

@@ -15,14 +15,16 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def _cache(tmp_path_factory):
     """Every test session gets its own cache folder (sample, maps)."""
     os.environ["OES_MRI_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ["OES_MRI_NO_CALIBRATION"] = "1"      # CLI subprocesses and Ray workers fit in fp32 too
 
 
 @pytest.fixture(autouse=True)
 def _fp32_fits(monkeypatch):
     """Fits run in fp32 on every CPU: with native bf16, ``--fast-path auto`` could pick another
-    path from a timing, and tests that compare two fits would compare two paths. The choice
-    itself is tested with mocked timings (``test_fast_path_falls_back_to_fp32...``)."""
-    from oes_mri.solvers import fastpath
+    path from a timing, and tests that compare two fits would compare two paths (subprocesses:
+    ``OES_MRI_NO_CALIBRATION``, set for the session). The choice itself is tested with mocked
+    timings (``test_fast_path_falls_back_to_fp32...``)."""
+    from oes_mri.fit import fastpath
 
     monkeypatch.setattr(fastpath, "native_bf16", lambda device: False)
 

@@ -17,22 +17,28 @@ import torch
 import oes_mri
 from oes_mri.data.sample import sample_path
 from oes_mri.methods import METHODS, CGSense, SparseDIP, make
-from oes_mri.slices import Sampling
-from oes_mri.solvers.config import DipConfig
+from oes_mri.app.slices import Sampling
+from oes_mri.fit.config import DipConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 PIN = Path(__file__).parent / "data" / "recon_pin.npz"
 PIN_ARGS = ["--methods", "zf,sense,l1,tv,oes", "--steps", "30", "--prune-steps", "10", "--dip-seed", "3",
             "--fast-path", "fp32", "--no-figures", "--quiet", "--device", "cpu"]
 """The pinned run: the built-in sample at 4x; ``recon_pin.npz`` holds the images the code
-before issue 28's reshape wrote with one thread (bit-identical after it, on that CPU)."""
+before issue 28's reshape wrote with one thread (bit-identical after it, on that CPU), and
+the Sparse-DIP image per CPU (model and vector instructions) as the code before issue 33's
+reshape wrote it there."""
 
 
 def _cpu() -> str:
+    """The CPU as far as a fit's rounding depends on it: the model name and the vector
+    instructions torch dispatches to ("AMD EPYC" names AVX2 and AVX512 machines alike)."""
+    name = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
         if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return ""
+            name = line.split(":", 1)[1].strip()
+            break
+    return f"{name}|{torch.backends.cpu.get_cpu_capability()}"
 
 
 def _images(out: Path) -> dict[str, np.ndarray]:
@@ -54,9 +60,10 @@ def test_cli_outputs_pinned(tmp_path):
     got, ref = _images(tmp_path), np.load(PIN)
     for m in ("zf", "sense", "l1", "tv"):
         assert np.linalg.norm(got[m] - ref[m]) <= 1e-4 * np.linalg.norm(ref[m]), m
-    if str(ref["cpu"]) != _cpu() or str(ref["torch"]) != torch.__version__:
-        pytest.skip(f"Sparse-DIP pinned on {ref['cpu']} with torch {ref['torch']}, not {_cpu()} / {torch.__version__}")
-    assert np.array_equal(got["oes"], ref["oes"])
+    pinned = [k.split("|", 1)[1] for k in ref.files if k.startswith("oes|")]
+    if f"oes|{_cpu()}" not in ref.files or str(ref["torch"]) != torch.__version__:
+        pytest.skip(f"Sparse-DIP pinned on {pinned} with torch {ref['torch']}, not {_cpu()} / {torch.__version__}")
+    assert np.array_equal(got["oes"], ref[f"oes|{_cpu()}"])
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +148,25 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch):
     for code in blocks:
         code = re.sub(r"steps=\d+", "steps=3", code)
         exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda", "cuda:1"])
+@pytest.mark.parametrize("flags,settings", [([], {}), (["--steps", "50", "--holdout", "0.2"], {"steps": 50, "holdout": 0.2}),
+                                            (["--methods", "oes", "--lr", "0.02"], {"method": "oes", "lr": 0.02})])
+def test_api_resolves_the_clis_settings(monkeypatch, device, flags, settings):
+    """``oes_mri.reconstruct`` (and the deepinv adapter, through it) resolves the settings the
+    command line resolves, on every device: the CUDA step cap and CUDA graphs included (no GPU
+    needed: the device is only named)."""
+    from oes_mri.api import resolve
+    from oes_mri.recon import build_parser, make_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cli = make_config(build_parser().parse_args(["--device", device, *flags])).methods[0]
+    method = settings.pop("method", None)
+    assert resolve(method, device, **settings) == cli
+    from oes_mri.defaults import generator_defaults
+
+    own = generator_defaults(cli.config.pruning.method).steps          # 1500 random channels, 300 oes
+    assert cli.config.steps == (50 if "--steps" in flags else 6000 if device.startswith("cuda") else own)
+    assert cli.config.speed.cuda_graph == device.startswith("cuda")

@@ -8,8 +8,8 @@ from oes_mri.nets.generator import ArchConfig, build_generator
 from oes_mri.pruning.channels import (channel_budget, channel_oes_mask, feature_maps, is_channel_mask,
                                       kept_channels, random_channel_mask, shrink)
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.solvers.config import DipConfig
-from oes_mri.solvers.dip import fit
+from oes_mri.fit.config import DipConfig
+from oes_mri.fit.engine import fit
 
 CFG = ArchConfig("hourglass", {"channels": [6, 8, 8, 10]})
 

@@ -42,8 +42,8 @@ def test_differentiable():
 def test_pipeline_readout_crop_keeps_the_image(tiny_file, tmp_path):
     """--readout crop on a fully sampled simulated slice: half the readout, the same
     zero-filled RSS image on the recon grid (and the same target)."""
-    from oes_mri.pipeline import RunConfig, VolumeData
-    from oes_mri.solvers.combine import zero_filled_rss
+    from oes_mri.app.volume import RunConfig, VolumeData
+    from oes_mri.physics.combine import zero_filled_rss
 
     imgs = {}
     for readout in ("full", "crop"):

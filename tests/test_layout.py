@@ -1,4 +1,5 @@
-"""The package's shape: no import circle, method names only in the registry, doctests run."""
+"""The package's shape: library below application, no import circle (lazy imports included),
+method names only in the registry, doctests run, no module over 400 lines."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import doctest
 from pathlib import Path
 
 import oes_mri
-from oes_mri import chain
+from oes_mri import defaults
+from oes_mri.app import chain
 from oes_mri.methods import METHODS
 
 PKG = Path(oes_mri.__file__).parent
@@ -18,20 +20,48 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _top_level_imports(path: Path) -> set[str]:
-    """``oes_mri`` modules imported at module level (not inside functions or TYPE_CHECKING)."""
-    out = set()
-    for node in ast.parse(path.read_text()).body:
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("oes_mri"):
-            out.add(node.module)
-            out.update(f"{node.module}.{a.name}" for a in node.names)
+def _imports(path: Path) -> set[str]:
+    """``oes_mri`` modules ``path`` imports anywhere: at module level, inside functions (lazy)
+    and under TYPE_CHECKING alike; relative imports resolved."""
+    out, here = set(), _module(path)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+            if base.startswith("oes_mri"):
+                out.add(base)
+                out.update(f"{base}.{a.name}" for a in node.names)
         elif isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.startswith("oes_mri"))
     return out
 
 
+def _graph() -> dict[str, set[str]]:
+    """module -> the package's modules it imports (a package's ``__init__`` counts for its name)."""
+    graph = {_module(p): _imports(p) for p in PKG.rglob("*.py")}
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_library_below_application():
+    """Nothing outside ``oes_mri/app/`` imports from it, but the CLI entry ``oes_mri.recon``."""
+    for m, deps in _graph().items():
+        if m.startswith("oes_mri.app") or m == "oes_mri.recon":
+            continue
+        up = sorted(d for d in deps if d == "oes_mri.app" or d.startswith("oes_mri.app."))
+        assert not up, f"{m} (library) imports the application: {up}"
+
+
+def test_modules_are_short():
+    for path in PKG.rglob("*.py"):
+        n = len(path.read_text().splitlines())
+        assert n <= 400, f"{path.relative_to(PKG.parent)}: {n} lines (split it: one job a module)"
+
+
 def test_no_import_circle():
-    graph = {_module(p): _top_level_imports(p) for p in PKG.rglob("*.py")}
+    graph = {m: {d for d in deps if not m.startswith(d + ".") and d != "oes_mri"} for m, deps in _graph().items()}
     graph = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
     graph = {m: {d for d in deps if not m.startswith(d + ".") and d != "oes_mri"} for m, deps in graph.items()}
     state: dict[str, int] = {}
@@ -67,3 +97,4 @@ def test_method_names_only_in_the_registry():
 
 def test_chain_doctests():
     assert doctest.testmod(chain).failed == 0
+    assert doctest.testmod(defaults).failed == 0

@@ -1,5 +1,5 @@
 """The hybrid prior: a wavelet L1 penalty on the generator's image, in the L1-wavelet
-baseline's units (:mod:`oes_mri.solvers.penalty`)."""
+baseline's units (:mod:`oes_mri.fit.penalty`)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import sigpy as sp
 import torch
 
 from oes_mri.nets.generator import ArchConfig
-from oes_mri.solvers.config import FitConfig, ValidationConfig
-from oes_mri.solvers.penalty import wavelet_l1
-from oes_mri.solvers.sparse_dip import DipConfig, reconstruct_dip, reconstruct_dip_batch, setup_fit
+from oes_mri.fit.config import FitConfig, ValidationConfig
+from oes_mri.fit.penalty import wavelet_l1
+from oes_mri.fit.jobs import DipConfig, reconstruct_dip, reconstruct_dip_batch, setup_fit
 from tests.test_fit import _slices, float64  # noqa: F401 (fixture)
 
 TINY = DipConfig(arch=ArchConfig("hourglass-tiny")).updated({"pruning.method": "dense"})

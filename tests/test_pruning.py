@@ -7,7 +7,7 @@ from oes_mri.pruning.baselines import baseline_mask, imp_mask
 from oes_mri.pruning.oes import (DegenerateMaskError, bernoulli_kl, check_pruned, learn_oes_logits,
                                  oes_mask)
 from oes_mri.pruning.weightmask import WeightMask, prunable_names, topk_masks
-from oes_mri.solvers.dip import fit
+from oes_mri.fit.engine import fit
 
 CFG = ArchConfig("hourglass", {"channels": [4, 8, 8]})
 

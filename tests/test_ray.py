@@ -74,7 +74,7 @@ def test_killed_worker_is_retried(two_volumes, tmp_path, serial, monkeypatch):
     """A task kills its own worker process once (marked by a file): Ray retries it, the run
     completes with every slice and the same outputs."""
     pytest.importorskip("ray")
-    from oes_mri import ray_runner
+    from oes_mri.app import ray_runner
 
     marker = tmp_path / "killed"
     for name in ("_learn_mask", "_reconstruct"):

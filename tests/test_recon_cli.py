@@ -12,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from oes_mri.storage import RECORD_KEYS
+from oes_mri.app.storage import RECORD_KEYS
 from oes_mri.recon import main
 
 FAST = ["--arch", "hourglass-tiny", "--steps", "30", "--mask-steps", "10", "--no-figures", "--quiet", "--fast-path", "fp32"]
@@ -156,8 +156,9 @@ def test_sparse_dip_beats_zero_filled_tiny():
     from oes_mri.nets.generator import ArchConfig
     from oes_mri.physics.coils import estimate_maps
     from oes_mri.physics.masks import fastmri_mask
-    from oes_mri.solvers.combine import dc_rss, zero_filled_rss
-    from oes_mri.solvers.sparse_dip import DipConfig, SliceData, reconstruct_dip
+    from oes_mri.physics.combine import dc_rss, zero_filled_rss
+    from oes_mri.fit.jobs import DipConfig, reconstruct_dip
+    from oes_mri.physics.measured import SliceData
     from oes_mri.data.sample import sample_image
 
     sim = simulate_kspace(sample_image(64), num_coils=4, snr=30.0, seed=0)
@@ -218,7 +219,7 @@ def test_batched_slices_match_one_at_a_time(tiny_file, tmp_path):
 def test_progress_lines_and_bars(tiny_file, tmp_path, caplog, capsys):
     import logging
 
-    from oes_mri.progress import BarProgress
+    from oes_mri.app.progress import BarProgress
 
     with caplog.at_level(logging.INFO, logger="oes_mri"):
         assert main(["--data", str(tiny_file), "--out", str(tmp_path / "o"), "--methods", "dip,zf",

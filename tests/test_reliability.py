@@ -128,7 +128,7 @@ def test_out_is_a_file_or_unwritable(tiny_file, tmp_path, capsys):
 def test_disk_full_exits_2_one_line(tiny_file, tmp_path, capsys, monkeypatch):
     import errno
 
-    from oes_mri import pipeline
+    from oes_mri.app import pipeline
 
     def full(path, *a, **k):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
@@ -210,7 +210,7 @@ def test_minor_input_cases(tiny_file, tmp_path, capsys):
 
 
 def test_metrics_json_is_strict_and_outputs_follow_the_umask(tmp_path):
-    from oes_mri.storage import write_metrics
+    from oes_mri.app.storage import write_metrics
 
     old = os.umask(0o022)
     try:

@@ -19,12 +19,13 @@ from oes_mri.physics.fft import fft2c
 from oes_mri.physics.holdout import split_mask
 from oes_mri.physics.masks import fastmri_mask, find_acs, poisson_mask
 from oes_mri.physics.operator import MultiCoilOp
-from oes_mri.solvers.classical import cg_sense
-from oes_mri.solvers.combine import dc_rss
+from oes_mri.methods.solvers import cg_sense
+from oes_mri.physics.combine import dc_rss
 from benchmarks.replay import replay
-from oes_mri.solvers.loop import Record, ValidationStop
-from oes_mri.solvers.sparse_dip import DipConfig, ValidationConfig, reconstruct_dip, reconstruct_dip_batch
-from oes_mri.solvers.tuning import choose_lambda
+from oes_mri.fit.loop import Record
+from oes_mri.fit.stopping import ValidationStop
+from oes_mri.fit.jobs import DipConfig, ValidationConfig, reconstruct_dip, reconstruct_dip_batch
+from oes_mri.methods.tuning import choose_lambda
 from tests.conftest import phantom_image
 from tests.test_fit import _slices, exact_cuda, float64  # noqa: F401 (fixtures)
 
@@ -248,7 +249,7 @@ def test_classical_start_never_returned_worse_by_held_out_error(lr):
     """A residual fit on the held-out-tuned L1 image: whatever the fit does (lr 3 wrecks the
     image) the returned iterate predicts the held-out lines at least as well as the start."""
     from oes_mri.methods import DenseDIP, L1Wavelet
-    from oes_mri.solvers.tuning import heldout_error
+    from oes_mri.methods.tuning import heldout_error
 
     x = _slices(1)[0]
     cfg = DipConfig(arch=ArchConfig("hourglass-tiny")).updated({"fit.start": "l1", "fit.steps": 60, "fit.lr": lr,
@@ -266,7 +267,7 @@ def test_classical_start_never_returned_worse_by_held_out_error(lr):
 
 def test_classical_start_is_the_first_iterate():
     """At its first step the residual generator's image is the classical start exactly."""
-    from oes_mri.solvers.sparse_dip import setup_fit
+    from oes_mri.fit.jobs import setup_fit
 
     x = _slices(1)[0]
     cfg = DipConfig(arch=ArchConfig("hourglass-tiny"))

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from oes_mri import chain
+from oes_mri.app import chain
 from oes_mri.data.sample import volume_images
 from oes_mri.data.simulate import write_fastmri_file
 from oes_mri.recon import main
-from oes_mri.solvers import sparse_dip
-from oes_mri.solvers.sparse_dip import reconstruct_dip
-from oes_mri.storage import load_weights, save_weights
+from oes_mri.fit import jobs as sparse_dip
+from oes_mri.fit.jobs import reconstruct_dip
+from oes_mri.app.storage import load_weights, save_weights
 from tests.test_fit import CFG, _slices
 
 ARGS = ["--arch", "hourglass-tiny", "--steps", "12", "--prune-steps", "5", "--no-figures", "--quiet", "--fast-path", "fp32"]
@@ -153,7 +153,7 @@ def test_which_methods_chain():
     """DIP always, OES with one mask for the volume, never the per-slice pruning baselines or
     the classical methods, and nothing with --no-warm-start."""
     from oes_mri.methods import make
-    from oes_mri.solvers.config import DipConfig
+    from oes_mri.fit.config import DipConfig
 
     on, off = DipConfig(), DipConfig().updated({"warm.enabled": False})
     assert make("dip", on).chains(False) and make("oes", on).chains(True)

@@ -5,10 +5,10 @@ Names: ``zf`` (zero-filled RSS), ``sense`` (CG-SENSE), ``l1`` (L1-wavelet), ``tv
 variation), ``dip`` (dense DIP), ``oes`` (Sparse-DIP with an OES mask), and the pruning
 baselines at the same density ``random``, ``magnitude``, ``snip``, ``imp``; structured pruning
 (whole channels, the generator rebuilt smaller) ``oes-channels`` and ``random-channels`` (the
-CPU's default, :data:`DEFAULT_DIP`).
+CPU's default, :func:`default_methods`).
 
 Every method is tuned the same honest way, by held-out k-space
-(:class:`~oes_mri.solvers.config.ValidationConfig`): the untrained generators stop on it and
+(:class:`~oes_mri.fit.config.ValidationConfig`): the untrained generators stop on it and
 the regularised baselines choose their weight from a grid by it.
 """
 
@@ -21,9 +21,10 @@ import torch
 from oes_mri.methods.base import Reconstruction, Reconstructor, Score, final_image, slice_data
 from oes_mri.methods.classical import LAMBDA_FACTORS, TV, CGSense, L1Wavelet, Regularised, ZeroFilled
 from oes_mri.methods.untrained import DenseDIP, SparseDIP, Untrained
-from oes_mri.solvers.config import DipConfig
+from oes_mri.defaults import DEFAULT_METHODS, device_defaults
+from oes_mri.fit.config import DipConfig
 
-__all__ = ["CGSense", "DEFAULT_DIP", "DenseDIP", "Untrained", "L1Wavelet", "LAMBDA_FACTORS", "METHODS", "REGISTRY",
+__all__ = ["CGSense", "DenseDIP", "Untrained", "L1Wavelet", "LAMBDA_FACTORS", "METHODS", "REGISTRY",
            "Reconstruction", "Reconstructor", "Score", "SparseDIP", "TV", "ZeroFilled", "final_image", "make",
            "default_methods", "parse_methods", "slice_data"]
 
@@ -51,19 +52,10 @@ REGISTRY: dict[str, Factory] = {
     "random-channels": lambda dip, tune: SparseDIP(dip, "random-channels"),
 }
 METHODS = tuple(REGISTRY)
-DEFAULT_DIP = {"cpu": "random-channels", "cuda": "oes"}
-"""The Sparse-DIP that runs by default, by device. On the CPU a quarter of every feature map's
-channels, drawn at random, with the generator rebuilt smaller (16x fewer FLOPs a step), 1500
-steps: per second the best configuration measured there, and OES over the same channels did no
-better than a random choice. On CUDA (a 6000-step cap, where the FLOPs matter less) OES's 5 %
-weight mask on the full generator, which stays ahead at that budget
-(``docs/time_to_quality.md``)."""
-
-
 def default_methods(device: str | torch.device = "cpu") -> tuple[str, ...]:
-    """What ``python -m oes_mri.recon`` runs on ``device`` without ``--methods``: its
-    Sparse-DIP (:data:`DEFAULT_DIP`), CG-SENSE and zero-filling."""
-    return (DEFAULT_DIP["cuda" if str(device).startswith("cuda") else "cpu"], "sense", "zf")
+    """What runs on ``device`` when no method is named: its Sparse-DIP and the baselines
+    (:func:`oes_mri.defaults.device_defaults`, :data:`oes_mri.defaults.DEFAULT_METHODS`)."""
+    return (device_defaults(device).method, *DEFAULT_METHODS)
 
 
 def make(name: str, dip: DipConfig | None = None, tune: bool = True, **settings: Any) -> Reconstructor:

@@ -18,8 +18,9 @@ import torch
 
 from oes_mri.physics.operator import MultiCoilOp
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.solvers.combine import dc_rss
-from oes_mri.solvers.sparse_dip import SliceData, Weights
+from oes_mri.physics.combine import dc_rss
+from oes_mri.fit.jobs import Weights
+from oes_mri.physics.measured import SliceData
 
 Score = Callable[[np.ndarray], dict]
 """``score(image) -> dict`` of a final image ``(rH, rW)`` (e.g. PSNR/SSIM against a target)."""
@@ -29,7 +30,7 @@ Progress = Callable[[int, dict], None]
 
 def final_image(x: SliceData, coil_images: torch.Tensor) -> np.ndarray:
     """The output image of every method: data consistency with every measured sample, then
-    RSS, centre-cropped to the recon size (:func:`~oes_mri.solvers.combine.dc_rss`), as
+    RSS, centre-cropped to the recon size (:func:`~oes_mri.physics.combine.dc_rss`), as
     ``(rH, rW)`` float32 on the host."""
     return dc_rss(coil_images, x.kspace, x.mask, x.recon_size).cpu().numpy().astype(np.float32)
 
@@ -72,7 +73,7 @@ class Reconstructor:
         untrained: fits an untrained generator (has ``config``; progress bars, curves).
         volume_mask: learns one pruning mask per volume, on its reference slice, and shares it.
         warm_startable: a volume's slices can be chained, each starting from its neighbour's
-            fitted weights (:mod:`oes_mri.chain`).
+            fitted weights (:mod:`oes_mri.app.chain`).
     """
 
     name: str = ""

@@ -1,11 +1,11 @@
 """The classical methods as reconstructors: :class:`ZeroFilled`, :class:`CGSense`,
-:class:`L1Wavelet` and :class:`TV` (solvers in :mod:`oes_mri.solvers.classical`).
+:class:`L1Wavelet` and :class:`TV` (solvers in :mod:`oes_mri.methods.solvers`).
 
 The regularised ones choose their weight per slice by held-out k-space when ``tune`` is on
 (and ``validation`` holds samples out): a grid of ``lamda x LAMBDA_FACTORS`` is solved on the
-fit set, scored on the held-out set (:meth:`~oes_mri.solvers.config.ValidationConfig.choose`,
+fit set, scored on the held-out set (:func:`~oes_mri.methods.tuning.choose_lambda` on :meth:`~oes_mri.fit.config.ValidationConfig.split`,
 the same split the generator fits stop on), and the winner is solved again with every sample.
-Weights are relative to the data scale (:mod:`oes_mri.solvers.classical`).
+Weights are relative to the data scale (:mod:`oes_mri.methods.solvers`).
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import torch
 
 from oes_mri.methods.base import Reconstruction, Reconstructor, final_image
 from oes_mri.physics.operator import MultiCoilOp
-from oes_mri.pruning.config import require
-from oes_mri.solvers import classical
-from oes_mri.solvers.classical import Recon
-from oes_mri.solvers.config import ValidationConfig
-from oes_mri.solvers.sparse_dip import SliceData
-from oes_mri.solvers.tuning import LambdaChoice
+from oes_mri.errors import require
+from oes_mri.methods import solvers as classical
+from oes_mri.methods.solvers import Recon
+from oes_mri.fit.config import ValidationConfig
+from oes_mri.physics.measured import SliceData
+from oes_mri.methods.tuning import LambdaChoice, choose_lambda
 
 LAMBDA_FACTORS = (0.1, 0.3, 1.0, 3.0, 10.0)
 """Held-out lambda grid: these multiples of the method's weight."""
@@ -88,8 +88,9 @@ class Regularised(Reconstructor):
     def choose(self, x: SliceData) -> LambdaChoice:
         """The held-out choice of the weight on slice ``x``."""
         op = _op(x)
-        return self.validation.choose(lambda k, m, lam: self.solve(k, op.with_mask(m), lam), x.kspace, x.mask,
-                                      self.seed, [self.lamda * f for f in LAMBDA_FACTORS])
+        split = self.validation.split(x.mask, tuple(x.kspace.shape[-2:]), self.seed)
+        return choose_lambda(lambda k, m, lam: self.solve(k, op.with_mask(m), lam), x.kspace, split,
+                             [self.lamda * f for f in LAMBDA_FACTORS])
 
     def tuned_on(self, x: SliceData) -> bool:
         """The weight is chosen by held-out error on slice ``x`` (tuning on, and samples to hold out)."""

@@ -1,6 +1,6 @@
 """The untrained generators as reconstructors: :class:`DenseDIP` and :class:`SparseDIP`
 (pruned by OES, or by a baseline at the same density: random, magnitude, SNIP, IMP), fitted
-by :func:`~oes_mri.solvers.sparse_dip.reconstruct_dip_batch` and stopped by held-out k-space
+by :func:`~oes_mri.fit.jobs.reconstruct_dip_batch` and stopped by held-out k-space
 (``config.validation``)."""
 
 from __future__ import annotations
@@ -10,10 +10,12 @@ import time
 from typing import Sequence
 
 from oes_mri.methods.base import Progress, Reconstruction, Reconstructor, Score, final_image
-from oes_mri.pruning.config import PRUNINGS, require
+from oes_mri.errors import require
+from oes_mri.pruning.config import PRUNINGS
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.solvers.config import DipConfig
-from oes_mri.solvers.sparse_dip import SliceData, Weights, reconstruct_dip_batch
+from oes_mri.fit.config import DipConfig
+from oes_mri.fit.jobs import Weights, reconstruct_dip_batch
+from oes_mri.physics.measured import SliceData
 
 SPARSE = tuple(p for p in PRUNINGS if p != "dense")
 TITLES = {"oes": "Sparse-DIP (OES)", "random": "Sparse-DIP (random mask)", "magnitude": "Sparse-DIP (magnitude mask)",

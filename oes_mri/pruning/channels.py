@@ -182,10 +182,13 @@ def _gated(params: dict[str, torch.Tensor], fms: list[FeatureMap], gates: dict[s
 
 def channel_oes_mask(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], density: float, *,
                      steps: int = 100, tau: float = 0.2, kl_weight: float | None = None, lr: float = 1e-2,
-                     seed: int = 0, meta: dict | None = None) -> tuple[WeightMask, list[float]]:
+                     seed: int = 0, meta: dict | None = None,
+                     snapshots: dict[int, WeightMask] | None = None) -> tuple[WeightMask, list[float]]:
     """OES over channels: learn a logit per channel of every feature map (relaxed Bernoulli
     gates on the consumers' input channels, KL toward ``density``, Adam on the logits from 0,
     the weights frozen), then keep the top ``channel_budget`` of each feature map.
+    ``snapshots``: a dict whose keys are steps (below ``steps``); each gets the mask the
+    logits of that step give (one run measures several mask budgets).
 
     Args:
         kl_weight: weight of the summed KL; ``None``: OES's 1e-9 per weight at 3M weights,
@@ -201,12 +204,17 @@ def channel_oes_mask(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Ten
 
     def gated(rng: torch.Generator) -> dict[str, torch.Tensor]:
         return _gated(params, fms, {n: relaxed_mask(p, tau, rng) for n, p in logits.items()})
-    losses = mask_learning(gen, loss_fn, logits, gated, steps, density, weight, lr, seed)
-    keep = top_channels({n: p.detach() for n, p in logits.items()}, channel_budget(gen, density))
-    mask = channel_mask(gen, keep, {**(meta or {}), "method": "oes-channels", "density": density,
-                                    "mask_steps": steps, "tau": tau, "kl_weight": weight, "mask_lr": lr,
-                                    "mask_seed": seed})
-    return mask, losses
+    def mask_at(step: int) -> WeightMask:
+        keep = top_channels({n: p.detach() for n, p in logits.items()}, channel_budget(gen, density))
+        return channel_mask(gen, keep, {**(meta or {}), "method": "oes-channels", "density": density,
+                                        "mask_steps": step, "tau": tau, "kl_weight": weight, "mask_lr": lr,
+                                        "mask_seed": seed})
+
+    def snapshot(step: int) -> None:
+        if snapshots is not None and step in snapshots:
+            snapshots[step] = mask_at(step)
+    losses = mask_learning(gen, loss_fn, logits, gated, steps, density, weight, lr, seed, snapshot)
+    return mask_at(steps), losses
 
 
 def random_channel_mask(gen: nn.Module, density: float, seed: int = 0, meta: dict | None = None) -> WeightMask:

@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from oes_mri.defaults import generator_defaults
+from oes_mri.errors import require
 from oes_mri.pruning.allocation import ALLOCATIONS
 from oes_mri.pruning.channels import channel_oes_mask, random_channel_mask
 from oes_mri.pruning.baselines import baseline_mask, imp_mask
@@ -18,31 +20,6 @@ from oes_mri.pruning.oes import ESTIMATORS, LOGIT_INITS, oes_mask
 from oes_mri.pruning.weightmask import SCOPES, WeightMask
 
 PRUNINGS = ("oes", "dense", "random", "magnitude", "snip", "imp", "oes-channels", "random-channels")
-CHANNEL_PRUNINGS = ("oes-channels", "random-channels")
-"""Structured prunings: whole channels kept or removed, the generator rebuilt smaller."""
-DENSITY = {"weights": 0.05, "channels": 0.25}
-"""The default kept fraction: of the prunable weights (the OES paper's 5 %), or of the channels
-of every feature map (a quarter: 16x fewer FLOPs a step; ``docs/time_to_quality.md``)."""
-
-
-def generator_kind(method: str) -> str:
-    """"channels" for a pruning that rebuilds the generator smaller (:data:`CHANNEL_PRUNINGS`),
-    else "weights" (the full generator, dense or masked weight by weight): the key of the
-    per-generator defaults (:data:`DENSITY`, ``solvers.config.STEPS`` and ``RATES``)."""
-    return "channels" if method in CHANNEL_PRUNINGS else "weights"
-
-
-def default_density(method: str) -> float:
-    """The kept fraction ``method`` uses when none is given (:data:`DENSITY`)."""
-    return DENSITY[generator_kind(method)]
-
-
-def require(ok: bool, message: str) -> None:
-    """Raise ``ValueError(message)`` unless ``ok``: the check of every settings object."""
-    if not ok:
-        raise ValueError(message)
-
-
 @dataclasses.dataclass(frozen=True)
 class PruningConfig:
     """Which weights of the generator are kept.
@@ -53,7 +30,7 @@ class PruningConfig:
             :mod:`oes_mri.pruning.channels`) and "random-channels".
         density: kept fraction of the prunable weights, in (0, 1) (of the channels of every
             feature map for the structured methods); ``None``: the method's default
-            (:func:`default_density`: 5 % of the weights, a quarter of the channels). The
+            (:data:`oes_mri.defaults.GENERATORS`: 5 % of the weights, a quarter of the channels). The
             fraction used is :attr:`kept`.
         steps: OES mask-learning steps (IMP: training steps per round).
         scope: which weights are prunable (:data:`~oes_mri.pruning.weightmask.SCOPES`).
@@ -85,7 +62,7 @@ class PruningConfig:
     @property
     def kept(self) -> float:
         """The kept fraction: ``density``, or the method's default."""
-        return self.density if self.density is not None else default_density(self.method)
+        return self.density if self.density is not None else generator_defaults(self.method).kept
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,13 +93,14 @@ class OesConfig:
 
 def make_pruning_mask(pruning: PruningConfig, oes: OesConfig, gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor],
               train: Callable[[nn.Module, WeightMask | None], None], seed: int,
-              meta: dict) -> tuple[WeightMask | None, list[float]]:
+              meta: dict, snapshots: dict[int, WeightMask] | None = None) -> tuple[WeightMask | None, list[float]]:
     """The pruning mask of ``gen`` at its initialisation.
 
     Args:
         loss_fn: the data term of the generator's output (OES, SNIP).
         train: ``train(gen, mask)`` fits the masked generator in place (IMP's rounds).
         seed: of the OES Gumbel noise and the random scores; meta: recorded in the mask.
+        snapshots: OES over channels: steps whose masks are kept too (filled in place).
 
     Returns:
         the mask (``None`` for "dense") and the OES mask-learning losses (empty otherwise).
@@ -135,7 +113,8 @@ def make_pruning_mask(pruning: PruningConfig, oes: OesConfig, gen: nn.Module, lo
                         min_layer_density=p.min_layer_density, tau=oes.tau, kl_weight=oes.kl_weight, lr=oes.lr,
                         seed=seed, meta=meta, init=oes.init, estimator=oes.estimator, allocation=p.allocation)
     if p.method == "oes-channels":
-        return channel_oes_mask(gen, loss_fn, p.kept, steps=p.steps, tau=oes.tau, lr=oes.lr, seed=seed, meta=meta)
+        return channel_oes_mask(gen, loss_fn, p.kept, steps=p.steps, tau=oes.tau, lr=oes.lr, seed=seed, meta=meta,
+                                snapshots=snapshots)
     if p.method == "random-channels":
         return random_channel_mask(gen, p.kept, seed=seed, meta=meta), []
     if p.method == "imp":

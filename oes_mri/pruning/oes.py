@@ -145,11 +145,13 @@ def learn_oes_logits(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Ten
 
 def mask_learning(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], logits: dict[str, torch.Tensor],
                   masked: Callable[[torch.Generator], dict[str, torch.Tensor]], steps: int, density: float,
-                  kl_weight: float, lr: float, seed: int) -> list[float]:
+                  kl_weight: float, lr: float, seed: int,
+                  after_step: Callable[[int], None] | None = None) -> list[float]:
     """OES's loop over any Bernoulli logits (weights, channels): each step the generator runs with
     the parameters ``masked(rng)`` (a relaxed mask of the logits applied, Gumbel noise from
     ``rng``), Adam on the logits with the data term's gradient plus the KL's closed form
-    (:func:`add_kl_grad_`); the weights stay at their init. Returns the data term of every step."""
+    (:func:`add_kl_grad_`); the weights stay at their init. ``after_step(i)`` after step i
+    (1-based; e.g. a snapshot of the logits). Returns the data term of every step."""
     params = {n: p.detach() for n, p in gen.named_parameters()}
     device = next(iter(params.values())).device
     opt = adam(logits.values(), lr)
@@ -163,6 +165,8 @@ def mask_learning(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor
         add_kl_grad_(logits, density, kl_weight)
         opt.step()
         losses[step] = data.detach()
+        if after_step is not None:
+            after_step(step + 1)
     return losses.tolist()
 
 

@@ -15,6 +15,7 @@ fp32 (``--amp`` and CUDA graphs are the GPU's own switches).
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -48,10 +49,19 @@ def native_bf16(device: torch.device) -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+NO_CALIBRATION = "OES_MRI_NO_CALIBRATION"
+"""Set to 1, ``auto`` is fp32 without timing anything: runs that must give the same numbers
+on a CPU with native bf16 (tests comparing two runs, a reproduction) cannot then differ by a
+timing."""
+
+
 def candidates(device: torch.device) -> list[str]:
     """The paths worth timing on ``device``: fp32 alone on a CPU without native bf16 (there
     bf16 was 21.8x slower and channels_last within 0.9-1.1x of fp32, measured: nothing to gain,
-    and no timing noise to change the numbers from run to run), else also channels_last and bf16."""
+    and no timing noise to change the numbers from run to run) or with :data:`NO_CALIBRATION`
+    set, else also channels_last and bf16."""
+    if os.environ.get(NO_CALIBRATION, "") not in ("", "0"):
+        return ["fp32"]
     return ["fp32", "channels_last", "bf16"] if native_bf16(device) else ["fp32"]
 
 
@@ -63,7 +73,7 @@ def prepared(gen: nn.Module, path: str) -> nn.Module:
 def step_seconds(gen: nn.Module, loss_fn: Callable[[torch.Tensor], torch.Tensor], path: str,
                  steps: int = STEPS) -> float:
     """Seconds per forward + backward of a copy of ``gen`` run on ``path``."""
-    from oes_mri.solvers.dip import generator_forward, split_objective
+    from oes_mri.fit.engine import generator_forward, split_objective
 
     g = prepared(copy.deepcopy(gen), path)
     g.train()

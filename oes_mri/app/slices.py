@@ -1,14 +1,13 @@
-"""A measured slice: the volume's sampling mask (the file's own or a new one), the
-undersampled k-space with its readout oversampling removed, the coil maps and the target:
-everything a method sees of one slice (:class:`~oes_mri.solvers.sparse_dip.SliceData`), and
-the target it is scored against (never handed to a method). :func:`measure` is the one path
-from k-space and a sampling mask to what a method sees, for the CLI and the Python API alike."""
+"""The application's slices: a volume's sampling mask (the file's own or a new one,
+:class:`Sampling`), and each slice read, measured (:func:`~oes_mri.physics.measured.measure`,
+with the map cache) and paired with the target it is scored against (never handed to a
+method)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -17,9 +16,8 @@ from oes_mri.data.fastmri_io import VolumeInfo
 from oes_mri.data.volumes import load_slice
 from oes_mri.errors import InputError
 from oes_mri.physics.coils import CoilMaps, MapCache, estimate_maps, map_cache_key
-from oes_mri.physics.fft import center_crop, crop_readout
 from oes_mri.physics.masks import SamplingMask, default_center_fraction, make_sampling_mask, volume_seed
-from oes_mri.solvers.sparse_dip import SliceData
+from oes_mri.physics.measured import SliceData, measure
 
 log = logging.getLogger("oes_mri")
 
@@ -27,12 +25,6 @@ MIN_ACS = 2
 """Fewest calibration lines a new sampling mask may leave: with 0 or 1 the coil maps cannot be
 estimated (CG-SENSE then made a non-finite image); from 2 to 3 the low-resolution fallback maps
 are used (with their warning), from 4 ESPIRiT."""
-
-READOUTS = ("crop", "full")
-"""``crop``: remove readout oversampling before the fits (when the readout is fully sampled,
-i.e. a column mask); coil maps are estimated on the acquired readout and cropped;
-``full``: fit the acquired readout."""
-
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
@@ -95,39 +87,6 @@ class MeasuredSlice(NamedTuple):
     """what a method sees"""
     target: np.ndarray | None
     """the file's ``reconstruction_rss`` slice ``(rH, rW)``, ``None`` when it has none"""
-
-
-def measure(kspace: torch.Tensor, smask: SamplingMask, recon_size: tuple[int, int], readout: str = "crop",
-            maps: Callable[[torch.Tensor], CoilMaps] | torch.Tensor | None = None, source: str = "") -> SliceData:
-    """What a method sees of one slice: ``y = M k`` on ``kspace``'s device and the coil maps.
-
-    With ``readout="crop"`` and a column mask, the readout is cut to the recon size's field
-    of view after the maps are estimated on the acquired readout
-    (:func:`~oes_mri.physics.fft.crop_readout`: the image on the recon grid is unchanged, the
-    fit has fewer pixels: half for fastMRI's 2x oversampling).
-
-    Args:
-        kspace: k-space ``(C, H, W)`` complex (fully sampled or already undersampled).
-        smask: the sampling mask.
-        recon_size: ``(rH, rW)`` of the output image.
-        readout: "crop" or "full".
-        maps: maps ``(C, H, W)`` on the acquired grid, or ``maps(y) -> CoilMaps`` (a cache),
-            or ``None`` for ESPIRiT (:func:`~oes_mri.physics.coils.estimate_maps`).
-        source: file and slice for warnings.
-    """
-    if readout not in READOUTS:
-        raise ValueError(f"readout {readout!r}: expected one of {', '.join(READOUTS)}")
-    rows = recon_size[0]
-    crop = readout == "crop" and smask.mask.shape[0] == 1 and kspace.shape[-2] > rows
-    mask = smask.mask.to(kspace.device)
-    y = kspace * mask + 0.0
-    if maps is None:
-        maps = estimate_maps(y, smask, source=source).maps
-    elif callable(maps):
-        maps = maps(y).maps
-    if crop:
-        y, maps = crop_readout(y, rows), center_crop(maps, (rows, maps.shape[-1]))
-    return SliceData(y, mask, maps.to(kspace.device), tuple(recon_size), source)
 
 
 def prepare_slice(info: VolumeInfo, smask: SamplingMask, index: int, device: torch.device,

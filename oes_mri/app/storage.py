@@ -39,7 +39,7 @@ class SliceResult(NamedTuple):
     steps: np.ndarray        # (fit steps run, chosen step) of a generator; () for classical methods
     lamda: np.ndarray        # the regularisation weight used, () when the method has none
     weights: dict | None = None  # a fitted generator's state (name -> array), kept apart (save_weights)
-    fast_path: str = ""          # how the fit's steps ran (oes_mri.solvers.fastpath); "" for classical methods
+    fast_path: str = ""          # how the fit's steps ran (oes_mri.fit.fastpath); "" for classical methods
 
 
 CHECKPOINT_KEYS = ("image", "seconds", "losses", "curve", "vals", "steps", "lamda")

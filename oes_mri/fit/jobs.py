@@ -1,12 +1,12 @@
 """Untrained-generator reconstruction of one slice: dense DIP, Sparse-DIP (OES) and the
-pruning baselines, all through the one fit loop of :mod:`oes_mri.solvers.dip`.
+pruning baselines, all through the one fit loop of :mod:`oes_mri.fit.engine`.
 
 Sparse-DIP = build the generator from a seed (or from a fitted neighbour's weights: a warm
 start), scale the data to its output, learn a weight mask at initialisation (OES, or a
 baseline at the same density; or reuse a saved mask: transfer, or the volume's mask), then
 fit the pruned generator to the k-space, stopped by held-out k-space
-(:class:`~oes_mri.solvers.config.ValidationConfig`; ``docs/self_validation.md``). Settings:
-:mod:`oes_mri.solvers.config`. The solvers never see a target: a caller that wants curves
+(:class:`~oes_mri.fit.config.ValidationConfig`; ``docs/self_validation.md``). Settings:
+:mod:`oes_mri.fit.config`. The solvers never see a target: a caller that wants curves
 hands in a monitor of the coil images.
 """
 
@@ -21,15 +21,18 @@ import torch
 from torch import nn
 
 from oes_mri.nets.generator import build_generator
+from oes_mri.physics.measured import SliceData
+from oes_mri.physics.operator import MultiCoilOp
+from oes_mri.pruning.bank import is_pattern
 from oes_mri.pruning.channels import is_channel_mask, shrink
 from oes_mri.pruning.config import PRUNINGS, make_pruning_mask
 from oes_mri.pruning.weightmask import WeightMask
-from oes_mri.solvers.batched import fit_batched
-from oes_mri.solvers.config import DipConfig, ValidationConfig
-from oes_mri.solvers.fastpath import FastPath
-from oes_mri.solvers.fastpath import choose as choose_fast_path
-from oes_mri.solvers.dip import FitDiverged, FitResult, KspaceProblem, fit, make_problem
-from oes_mri.solvers.penalty import penalised, penalty_weight
+from oes_mri.fit.config import DipConfig, ValidationConfig
+from oes_mri.fit.fastpath import FastPath
+from oes_mri.fit.fastpath import choose as choose_fast_path
+from oes_mri.fit.engine import FitDiverged, FitResult, fit, fit_batch
+from oes_mri.fit.problem import KspaceProblem, make_problem
+from oes_mri.fit.penalty import penalised, penalty_weight
 
 Weights = dict[str, torch.Tensor]
 """A generator's parameters by name (not its buffers: the fixed input comes from the seed, and
@@ -42,21 +45,6 @@ log = logging.getLogger("oes_mri")
 
 __all__ = ["DipConfig", "DipOutput", "FitSetup", "Job", "Monitor", "PRUNINGS", "SliceData", "ValidationConfig",
            "Weights", "average_folds", "reconstruct_dip", "reconstruct_dip_batch", "setup_fit"]
-
-class SliceData(NamedTuple):
-    """One measured slice, as the untrained generators (and every method) see it: no target."""
-
-    kspace: torch.Tensor
-    """undersampled k-space ``(C, H, W)`` (its device is used)"""
-    mask: torch.Tensor
-    """sampling mask broadcastable to it"""
-    maps: torch.Tensor | None
-    """coil maps ``(C, H, W)``, or ``None`` to fit coil images (:class:`~oes_mri.physics.operator.MultiCoilOp` per coil)"""
-    recon_size: tuple[int, int]
-    """``(rH, rW)`` of the output image"""
-    source: str = ""
-    """file/slice name for logs and the mask metadata"""
-
 
 @dataclasses.dataclass
 class DipOutput:
@@ -109,13 +97,15 @@ class FitSetup(NamedTuple):
 
 
 def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask | None = None,
-              fold: int | None = 0, init: Weights | None = None, start: torch.Tensor | None = None) -> FitSetup:
+              fold: int | None = 0, init: Weights | None = None, start: torch.Tensor | None = None,
+              snapshots: dict[int, WeightMask] | None = None) -> FitSetup:
     """The generator from ``seed`` (or loaded from ``init``), the scaled problem, and the
     weight mask (``weight_mask``, or made by ``cfg.pruning``: OES mask learning, a pruning
     baseline, or none): everything :func:`reconstruct_dip` fits, for callers that inspect or
     fit it themselves. ``fold``: the held-out split (``None``: every sample fitted).
     ``start``: a classical image ``(H, W)`` on the data's scale that the generator starts from
     (a residual on it, :meth:`~oes_mri.nets.generator.ImageGenerator.start_from`).
+    ``snapshots``: OES over channels, the masks of earlier mask-learning steps (filled in place).
 
     Raises:
         ValueError: ``init`` with a mask to be learned (a warm start keeps the volume's mask).
@@ -135,8 +125,9 @@ def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask |
                              f"(missing {sorted(n for n in missing if n in params)[:3]}, unexpected {unexpected[:3]})")
     split = (cfg.validation.split(x.mask, tuple(x.kspace.shape[-2:]), cfg.seed, fold)
              if cfg.validation.enabled and fold is not None else None)
+    op = MultiCoilOp(x.mask, x.maps).to(x.kspace.device)
     with torch.no_grad():
-        problem = make_problem(x.kspace, x.mask, x.maps, gen(), split)
+        problem = make_problem(x.kspace, op, gen(), split)
     meta = {"arch": cfg.arch.to_dict(), "init_seed": seed, "source": x.source,
             "sensitivity_free": x.maps is None, "num_images": gen.num_images}
     mask_losses: list[float] = []
@@ -144,11 +135,11 @@ def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask |
     if wm is None:
         def train(g: nn.Module, m: WeightMask | None) -> None:      # IMP's rounds
             fit(g, problem.loss, cfg.pruning.steps, cfg.lr, m, log_every=cfg.pruning.steps)
-        wm, mask_losses = make_pruning_mask(cfg.pruning, cfg.oes, gen, problem.loss, train, cfg.seed, meta)
+        wm, mask_losses = make_pruning_mask(cfg.pruning, cfg.oes, gen, problem.loss, train, cfg.seed, meta, snapshots)
         if is_channel_mask(wm):                            # learned here: rebuild smaller, rescale the data
             gen = shrink(gen, wm)
             with torch.no_grad():
-                problem = make_problem(x.kspace, x.mask, x.maps, gen(), split)
+                problem = make_problem(x.kspace, op, gen(), split)
     first = None
     if start is not None:
         first = problem.scale * start.to(x.kspace.device)[None]
@@ -158,7 +149,7 @@ def setup_fit(x: SliceData, cfg: DipConfig, seed: int, weight_mask: WeightMask |
 
 
 def _penalty(problem: KspaceProblem, lamda: float) -> float:
-    """``mu`` of :func:`~oes_mri.solvers.penalty.penalty_weight` for the hybrid prior's weight
+    """``mu`` of :func:`~oes_mri.fit.penalty.penalty_weight` for the hybrid prior's weight
     ``lamda`` (the L1-wavelet baseline's units), from the fit set's data."""
     if lamda <= 0:
         return 0.0
@@ -169,8 +160,10 @@ def _penalty(problem: KspaceProblem, lamda: float) -> float:
 
 
 def _init_seed(cfg: DipConfig, weight_mask: WeightMask | None) -> int:
-    """A given mask is used with the generator init it was made for (its ``init_seed``)."""
-    if weight_mask is not None:
+    """A given mask is used with the generator init it was made for (its ``init_seed``), but
+    a bank mask, a pattern for any init (:func:`oes_mri.pruning.bank.is_pattern`), starts from
+    the run's own seed."""
+    if weight_mask is not None and not is_pattern(weight_mask):
         return int(weight_mask.meta.get("init_seed", cfg.seed))
     return cfg.seed
 
@@ -217,7 +210,7 @@ def _output(cfg: DipConfig, st: FitSetup, res: FitResult, lr: float, fit_seconds
 
 def warm_config(cfg: DipConfig) -> DipConfig:
     """The settings of a warm-started fit: the fit's learning rate, step cap (never above the
-    fit's) and held-out patience replaced by :class:`~oes_mri.solvers.config.WarmStart`'s
+    fit's) and held-out patience replaced by :class:`~oes_mri.fit.config.WarmStart`'s
     where it sets them. A warm rate of its own runs constant: a warm-up schedule is for a
     random init, not for a neighbour's fitted weights."""
     steps = None if cfg.warm.steps is None else min(cfg.warm.steps, cfg.steps)
@@ -306,7 +299,7 @@ def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_ma
                           monitors: Sequence[Monitor | None] | None = None,
                           inits: Sequence[Weights | None] | None = None,
                           starts: Sequence[torch.Tensor | None] | None = None) -> list[DipOutput]:
-    """Reconstruct several slices of one size at once (:func:`~oes_mri.solvers.batched.fit_batched`).
+    """Reconstruct several slices of one size at once (:func:`~oes_mri.fit.engine.fit_batch`).
 
     Each slice gets what :func:`reconstruct_dip` would give it (own generator from the same
     seed or its own ``inits`` entry, own scaling, own hold-out and stopping rule, own mask
@@ -341,11 +334,11 @@ def _fit_jobs(jobs: list[Job], cfg: DipConfig, progress: Callable[[int, dict], N
     sts = [setup_fit(j.x, cfg, _init_seed(cfg, j.weight_mask), j.weight_mask, j.fold, j.init, j.start) for j in jobs]
     t1 = time.perf_counter()
     try:
-        results = fit_batched([st.gen for st in sts], [st.loss_fn for st in sts],
-                              cfg.steps, cfg.lr,
-                              [st.fit_mask for st in sts], cfg.fit.log_every,
-                              [_scaled(j.monitor, st.problem) for st, j in zip(sts, jobs)], progress,
-                              cfg.speed.cuda_graph, cfg.lr_schedule, cfg.validation.rule(len(jobs)))
+        results = fit_batch([st.gen for st in sts], [st.loss_fn for st in sts], cfg.steps, cfg.lr,
+                            [st.fit_mask for st in sts], log_every=cfg.fit.log_every,
+                            monitors=[_scaled(j.monitor, st.problem) for st, j in zip(sts, jobs)],
+                            progress=progress, cuda_graph=cfg.speed.cuda_graph, schedule=cfg.lr_schedule,
+                            stop=cfg.validation.rule(len(jobs)))
         for st, res in zip(sts, results):
             check_data_error(st, res)
     except FitDiverged as err:

@@ -4,7 +4,7 @@ The generator is fitted to ``||M_fit (A G(z) - y_s)||^2 / ||M_fit y_s||^2 + mu |
 with ``W`` the orthonormal Daubechies-4 transform that sigpy's L1-wavelet baseline uses (all
 levels pywt allows, zero padding, every coefficient; complex coefficients by their modulus).
 ``mu`` is set from a weight ``lamda`` in the L1-wavelet baseline's units
-(:func:`~oes_mri.solvers.classical.l1_wavelet`: ``1/2 ||A x - y/m||^2 + lamda ||W x||_1`` with
+(:func:`~oes_mri.methods.solvers.l1_wavelet`: ``1/2 ||A x - y/m||^2 + lamda ||W x||_1`` with
 ``m = max |A^H y|``), so ``lamda`` means the same thing for both methods and the penalised
 fit is L1-wavelet's objective with the image parametrised by the pruned generator:
 ``mu = 2 lamda max|A^H M_fit y_s| / ||M_fit y_s||^2`` (:func:`penalty_weight`).

@@ -3,7 +3,7 @@
 Each solver is a function ``(kspace, op, ...) -> Recon`` on one slice: ``kspace``
 ``(C, H, W)`` complex64 (zero-filled, undersampled), ``op`` the SENSE operator
 :class:`~oes_mri.physics.operator.MultiCoilOp` (its mask and maps). The output image is then
-made by :func:`oes_mri.solvers.combine.dc_rss` from ``Recon.coil_images``.
+made by :func:`oes_mri.physics.combine.dc_rss` from ``Recon.coil_images``.
 
 Regularisation weights are relative to the data scale: the k-space is divided by
 ``s = max |A^H y|`` before solving and the image multiplied by ``s`` after, so the same

@@ -11,48 +11,38 @@ from __future__ import annotations
 import dataclasses
 import math
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.optim import LR_SCHEDULES
 from oes_mri.physics.holdout import SHAPES, KspaceSplit, NothingToHoldOut, split_mask
-from oes_mri.pruning.config import PRUNINGS, OesConfig, PruningConfig, generator_kind, require
-from oes_mri.solvers.fastpath import FAST_PATHS
-from oes_mri.solvers.loop import LOG_EVERY, ValidationStop
-from oes_mri.solvers.tuning import LambdaChoice, Solver, choose_lambda
+from oes_mri.errors import require
+from oes_mri.defaults import device_defaults, generator_defaults
+from oes_mri.pruning.config import PRUNINGS, OesConfig, PruningConfig
+from oes_mri.fit.fastpath import FAST_PATHS
+from oes_mri.fit.loop import LOG_EVERY
+from oes_mri.fit.stopping import ValidationStop
 
 log = logging.getLogger("oes_mri")
 
 OUTPUTS = ("best", "last", "ema")
 STARTS = ("none", "l1", "sense", "tv")
-STEPS = {"weights": 300, "channels": 1500}
-"""The default step cap (a budget on the CPU; CUDA runs get ``recon.CUDA_STEPS``), by generator:
-300 steps of the full hourglass or 1500 of one rebuilt with a quarter of its channels both take
-about 100 s a slice on one core at 256x256, about 10x held-out L1-wavelet's seconds
-(``docs/time_to_quality.md``)."""
-RATES = {"weights": (1e-2, "constant"), "channels": (3e-2, "warmup")}
-"""The default learning rate and schedule of a fit from a random init, by generator: the full
-hourglass (dense, or pruned weight by weight: dense FLOPs) at 1e-2, constant; a generator
-rebuilt smaller by channel pruning at a warm-up to 3e-2. Measured side by side on one core
-(``docs/time_to_quality.md``): at 10x L1-wavelet's seconds the warm-up to 3e-2 gives a quarter
-of the channels +1.35 dB on the brain at 4x, +0.35 dB on the sample, level at 9x and 12x."""
-
 __all__ = ["DipConfig", "FitConfig", "OesConfig", "PruningConfig", "PRUNINGS", "SpeedConfig", "ValidationConfig",
            "WarmStart", "OUTPUTS"]
 
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
-    """The fit of the generator to the k-space (:func:`~oes_mri.solvers.dip.fit`).
+    """The fit of the generator to the k-space (:func:`~oes_mri.fit.engine.fit`).
 
     Attributes:
         steps: fitting steps (the cap when self-validation stops the fit); ``None`` (the
-            default): the generator's own (:data:`STEPS`, read through :attr:`DipConfig.steps`).
+            default): the generator's own (:data:`oes_mri.defaults.GENERATORS`, read through :attr:`DipConfig.steps`).
         lr: Adam learning rate; lr_schedule: "constant", "cosine" (to 0 over ``steps``) or
             "warmup" (:data:`~oes_mri.optim.LR_SCHEDULES`). ``None`` (the default): the
-            generator's own (:data:`RATES`, read through :attr:`DipConfig.lr` and
+            generator's own (:data:`oes_mri.defaults.GENERATORS`, read through :attr:`DipConfig.lr` and
             :attr:`DipConfig.lr_schedule`).
         output: which iterate is returned: "best" (lowest held-out error; lowest data loss
             without a hold-out), "last" or "ema" (average with ``ema_decay``).
@@ -67,7 +57,7 @@ class FitConfig:
             higher held-out error than ``x_0``).
         penalty: the hybrid prior's weight ``lamda`` of a wavelet penalty ``||W G(z)||_1`` on
             the generator's image, in the L1-wavelet baseline's units (0 = off;
-            :mod:`oes_mri.solvers.penalty`). 2e-3 (L1-wavelet's fixed weight): over 10
+            :mod:`oes_mri.fit.penalty`). 2e-3 (L1-wavelet's fixed weight): over 10
             (image, acceleration, seed) fits, +0.51 dB and +0.027 SSIM on average against no
             penalty, under the held-out rule (``docs/self_validation.md``).
     """
@@ -105,7 +95,7 @@ class SpeedConfig:
         amp: bf16 autocast for the generator (CUDA; FFT and data term in fp32).
         cuda_graph: replay each fit step as a CUDA graph (CUDA only; not with ``compile``).
         fast_path: how a single fit's steps run on the CPU: "auto" (the default: a capability
-            check and a short calibration, :mod:`oes_mri.solvers.fastpath`; fp32 unless a path
+            check and a short calibration, :mod:`oes_mri.fit.fastpath`; fp32 unless a path
             is clearly faster), or "fp32", "channels_last", "bf16" (autocast).
     """
 
@@ -199,13 +189,6 @@ class ValidationConfig:
                         "self-validation (the --steps budget, the fixed lambdas)", source or "k-space")
             return False
 
-    def choose(self, solve: Solver, kspace: torch.Tensor, mask: torch.Tensor, seed: int,
-               grid: Sequence[float]) -> LambdaChoice:
-        """The weight of ``grid`` whose solution on the fit set (fold 0, seeded by ``seed``)
-        best predicts the held-out samples (:func:`~oes_mri.solvers.tuning.choose_lambda`): the
-        lambda grids of the classical methods use the split the generator fits stop on."""
-        return choose_lambda(solve, kspace, self.split(mask, tuple(kspace.shape[-2:]), seed), grid)
-
     def rule(self, slices: int) -> ValidationStop | None:
         """The stopping rule for ``slices`` fits, or ``None`` when off."""
         if not self.enabled:
@@ -286,19 +269,33 @@ class DipConfig:
 
     @property
     def steps(self) -> int:
-        """The fit's step cap: ``fit.steps``, or the generator's default (:data:`STEPS`)."""
-        return self.fit.steps if self.fit.steps is not None else STEPS[generator_kind(self.pruning.method)]
+        """The fit's step cap: ``fit.steps``, or the generator's default (:data:`oes_mri.defaults.GENERATORS`)."""
+        return self.fit.steps if self.fit.steps is not None else generator_defaults(self.pruning.method).steps
 
     @property
     def lr(self) -> float:
-        """The fit's learning rate: ``fit.lr``, or the generator's default (:data:`RATES`)."""
-        return self.fit.lr if self.fit.lr is not None else RATES[generator_kind(self.pruning.method)][0]
+        """The fit's learning rate: ``fit.lr``, or the generator's default (:data:`oes_mri.defaults.GENERATORS`)."""
+        return self.fit.lr if self.fit.lr is not None else generator_defaults(self.pruning.method).lr
 
     @property
     def lr_schedule(self) -> str:
-        """The fit's schedule: ``fit.lr_schedule``, or the generator's default (:data:`RATES`)."""
+        """The fit's schedule: ``fit.lr_schedule``, or the generator's default (:data:`oes_mri.defaults.GENERATORS`)."""
         return (self.fit.lr_schedule if self.fit.lr_schedule is not None
-                else RATES[generator_kind(self.pruning.method)][1])
+                else generator_defaults(self.pruning.method).lr_schedule)
+
+    def on_device(self, device: object, cuda_graph: bool | None = None) -> "DipConfig":
+        """These settings with ``device``'s defaults (:func:`oes_mri.defaults.device_defaults`)
+        where they are left open: the step cap when ``fit.steps`` is unset, and CUDA graphs
+        unless ``cuda_graph`` says (``None``: the device's choice, where compile and input
+        jitter allow it). The CLI, :func:`oes_mri.reconstruct` and the deepinv adapter resolve
+        their settings through here, so they run the same fit on every device."""
+        dev = device_defaults(device)
+        if cuda_graph is None:
+            cuda_graph = dev.cuda_graph and not self.speed.compile and not self.fit.input_jitter
+        changes: dict[str, Any] = {"speed.cuda_graph": cuda_graph}
+        if self.fit.steps is None and dev.steps is not None:
+            changes["fit.steps"] = dev.steps
+        return self.updated(changes)
 
     @property
     def batched(self) -> bool:

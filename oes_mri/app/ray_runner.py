@@ -3,12 +3,12 @@
 Jobs are Ray tasks: per volume, one task learns the volume's OES mask on its reference slice
 (``--mask-per volume``), one task per group of ``batch_slices`` slices reconstructs them
 with every method whose slices are independent, and one task runs the chains of the
-warm-started methods (:mod:`oes_mri.chain`: a chain is sequential; the volumes' chains run
+warm-started methods (:mod:`oes_mri.app.chain`: a chain is sequential; the volumes' chains run
 in parallel). The mask goes to that volume's slice tasks through Ray's
 object store (the slice tasks depend on it; the other volumes do not wait). Each task asks
 for ``task_cpus`` CPUs and ``task_gpus`` GPUs (fractional values pack several small fits on
 one GPU). Results come back to the driver, which writes them through the same checkpoints
-and atomic final files as the serial path (:mod:`oes_mri.pipeline`): a slice's checkpoint is
+and atomic final files as the serial path (:mod:`oes_mri.app.pipeline`): a slice's checkpoint is
 written once, by the driver, when its result arrives.
 
 Failures: a task whose worker process dies (killed, node lost) is retried by Ray up to
@@ -27,15 +27,16 @@ from typing import Callable
 
 from oes_mri.data.volumes import list_volumes
 from oes_mri.errors import InputError
-from oes_mri.pipeline import RunConfig, VolumeData, VolumeRun, Warm, check_output_names, file_error
-from oes_mri.progress import Progress
-from oes_mri.storage import SliceResult, out_lock, write_metrics
+from oes_mri.app.pipeline import VolumeRun, check_output_names, file_error
+from oes_mri.app.volume import RunConfig, VolumeData, Warm
+from oes_mri.app.progress import Progress
+from oes_mri.app.storage import SliceResult, out_lock, write_metrics
 from oes_mri.pruning.weightmask import WeightMask
 
 log = logging.getLogger("oes_mri")
 
 RAY_MISSING = "--ray needs Ray, which is not installed: pip install 'oes-mri[ray]'"
-FORWARDED_ENV = ("OES_MRI_CACHE",)
+FORWARDED_ENV = ("OES_MRI_CACHE", "OES_MRI_NO_CALIBRATION")
 
 
 @dataclasses.dataclass
@@ -218,7 +219,7 @@ class _Volume:
 
 def run_ray(cfg: RunConfig, opts: RayOptions, progress: Progress | None = None,
             on_volume: Callable[[VolumeRun, list[dict]], None] | None = None) -> list[dict]:
-    """:func:`oes_mri.pipeline.run` on Ray: same outputs, same checkpoints, same records."""
+    """:func:`oes_mri.app.pipeline.run` on Ray: same outputs, same checkpoints, same records."""
     ray = import_ray()
     progress = progress or Progress()
     files = list_volumes(cfg.data)
@@ -235,7 +236,7 @@ def run_ray(cfg: RunConfig, opts: RayOptions, progress: Progress | None = None,
 def _run_locked(ray, cfg: RunConfig, opts: RayOptions, files: list, progress: Progress,
                 on_volume: Callable[[VolumeRun, list[dict]], None] | None) -> list[dict]:
     """The volumes' tasks on a connected Ray, ``cfg.out`` locked. A bad file of a folder is
-    reported and skipped (its remaining tasks cancelled), as in :func:`oes_mri.pipeline.run`."""
+    reported and skipped (its remaining tasks cancelled), as in :func:`oes_mri.app.pipeline.run`."""
     vols, failed = [], []
     for f in files:                                       # settings checked before any task
         try:

@@ -14,7 +14,7 @@ import torch
 
 from oes_mri.physics.fft import fft2c
 from oes_mri.physics.holdout import KspaceSplit
-from oes_mri.solvers.classical import Recon
+from oes_mri.methods.solvers import Recon
 
 Solver = Callable[[torch.Tensor, torch.Tensor, float], Recon]
 """``solve(kspace, mask, lamda) -> Recon`` on one slice."""

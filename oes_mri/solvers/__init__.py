@@ -1,1 +1,0 @@
-"""Reconstruction solvers: classical baselines and the (Sparse-)DIP fit loop."""
