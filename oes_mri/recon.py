@@ -44,7 +44,7 @@ outputs (under --out):
 examples:
   python -m oes_mri.recon --accel 4
   python -m oes_mri.recon --data knee/file1000001.h5 --slices 15:20 --methods all --device cuda
-  python -m oes_mri.recon --data knee_val/ --accel 8 --weight-mask recon_out/oes_mask.safetensors
+  python -m oes_mri.recon --data knee_val/ --accel 8 --methods oes-channels --pruning-mask bank:channels25
   python -m oes_mri.recon --data knee_val/ --device cuda --ray auto --ray-task-gpus 0.5
 """
 
@@ -116,8 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dip-seed", type=int, default=DipConfig.seed,
                    help=f"generator init / input noise / held-out split seed (default {DipConfig.seed})")
     g.add_argument("--pruning-mask", "--weight-mask", dest="weight_mask", type=Path, default=None,
-                   help="reuse a saved OES pruning mask (.safetensors) instead of learning one: transfer "
-                   "(--weight-mask: the old name)")
+                   help="reuse a pruning mask instead of learning one: a shipped mask of the bank "
+                   "(bank:channels25) or a file (.safetensors; a run writes the one it learns to "
+                   "<out>/.checkpoints/<volume>/<method>/weight_mask.safetensors) (--weight-mask: the old name)")
     g.add_argument("--prune-per", "--mask-per", dest="mask_per", choices=["volume", "slice"], default="volume",
                    help="learn one OES pruning mask per volume on its middle slice and reuse it, or one per "
                    "slice (--mask-per: the old name)")
@@ -245,9 +246,12 @@ def make_config(args: argparse.Namespace):
     except ValueError as err:
         raise InputError(None, f"--methods: {err}")
     if args.weight_mask is not None:
-        from oes_mri.pruning.weightmask import WeightMask
+        from oes_mri.pruning import bank
 
-        WeightMask.load(args.weight_mask)  # readable, else a clear error now
+        try:
+            bank.load_file(args.weight_mask)  # readable, else a clear error now
+        except InputError as err:
+            raise InputError(err.source, f"--pruning-mask: {err.problem}") from None
     device = resolve_device(args.device, remote=args.ray not in (None, "local"))
     methods = methods if methods is not None else list(default_methods(device))
     dip = dip_config(args)

@@ -41,7 +41,14 @@ def test_end_to_end_outputs(tiny_file, tmp_path, capsys):
         assert r["ssim"] == pytest.approx(float(ssim(target, rec)[0]), abs=1e-6)
         assert r["nmse"] == pytest.approx(float(nmse(target, rec)), abs=1e-6)
         assert r["slices"] == 2 and r["device"] == "cpu" and r["acceleration"] > 2
-    assert (out / "report.md").exists()
+    from oes_mri.fit.stopping import REASONS
+
+    for r in records:                       # what the stopping rule saw, per slice of each fitted method
+        fitted = r["method"] in ("oes", "dip")
+        assert (r["stop"] is not None and len(r["stop"]) == 2 and set(r["stop"]) <= set(REASONS)) == fitted
+        assert (r["heldout_informative"] is not None and len(r["heldout_informative"]) == 2) == fitted
+    report = (out / "report.md").read_text()
+    assert "| stop |" in report and "uninformative:" in report
     figs = sorted(p.name for p in (out / "figures").iterdir())
     assert any("slice" in f for f in figs) and any("mask" in f for f in figs) and any("curves" in f for f in figs)
     assert (out / ".checkpoints" / "tiny_vol" / "oes" / "weight_mask.safetensors").exists()

@@ -24,7 +24,8 @@ def volume_figures(vol, records: list[dict]) -> list[str]:
         ck = load_checkpoint(vol.checkpoint(m, index))
         if not isinstance(vol.cfg.method(m), ZeroFilled):      # shown once, as "zero-filled"
             images[m] = ck["image"]
-        curves[m] = report.FitCurves(ck["curve"], ck["vals"], int(ck["steps"][1]) if ck["steps"].size else None)
+        curves[m] = report.FitCurves(ck["curve"], ck["vals"], int(ck["steps"][1]) if ck["steps"].size else None,
+                                     str(ck["stop"]) if "stop" in ck else "")
     files = [f"figures/{name}_slice{index}.png", f"figures/{name}_mask.png"]
     report.comparison_grid(out / files[0], images, target, f"{vol.info.path.name} slice {index}, "
                            f"{vol.smask.acceleration:.2f}x {vol.smask.kind}")

@@ -191,6 +191,8 @@ class VolumeRun(VolumeData):
         steps = [int(ck["steps"][0]) for ck in cks if ck["steps"].size]
         lambdas = [float(ck["lamda"][0]) for ck in cks if ck["lamda"].size]
         paths = sorted({str(ck["fast_path"]) for ck in cks if "fast_path" in ck and str(ck["fast_path"])})
+        stops = [str(ck["stop"]) for ck in cks if "stop" in ck and str(ck["stop"])]
+        informative = [str(ck["informative"]) == "yes" for ck in cks if str(ck.get("informative", ""))]
         nmse = psnr = ssim = None
         if target is not None:
             nmse, psnr, ssim = volume_metrics(target, recon)
@@ -198,7 +200,21 @@ class VolumeRun(VolumeData):
         return {"file": str(self.info.path), "method": method, "acceleration": self.smask.acceleration,
                 "center_fraction": cf, "slices": len(self.indices), "nmse": nmse, "psnr": psnr, "ssim": ssim,
                 "seconds": seconds, "steps": steps or None,
-                "lambda": lambdas or None, "device": str(self.device), "fast_path": ",".join(paths) or None}
+                "lambda": lambdas or None, "device": str(self.device), "fast_path": ",".join(paths) or None,
+                "stop": stops or None, "heldout_informative": informative or None,
+                "pruning_mask": self.pruning_mask_used(method)}
+
+    def pruning_mask_used(self, method: str) -> str | None:
+        """Which pruning mask ``method`` fitted with: the given one (``bank:NAME`` for a shipped
+        mask, else the file), "made per volume" or "made per slice" (OES learns it, random draws it); ``None`` for a
+        method without one."""
+        m = self.cfg.method(method)
+        if not m.untrained or m.config.pruning.method == "dense":
+            return None
+        if method == self.cfg.mask_method and self.cfg.weight_mask is not None:
+            return str(self.cfg.weight_mask)
+        shared = method == self.cfg.mask_method and self.cfg.mask_per == "volume"
+        return "made per volume" if shared else "made per slice"
 
 
 def file_error(path: Path, err: BaseException) -> InputError:

@@ -10,6 +10,7 @@ from typing import NamedTuple
 import numpy as np
 
 from oes_mri.atomic import atomic_path, atomic_write_bytes
+from oes_mri.fit.stopping import REASONS
 from oes_mri.metrics import slice_metrics
 
 
@@ -66,6 +67,8 @@ class FitCurves(NamedTuple):
     """held-out relative error per step (empty without a hold-out)"""
     chosen: int | None
     """the step of the returned iterate"""
+    stop: str = ""
+    """why the fit ended (:data:`~oes_mri.fit.stopping.REASONS`)"""
 
 
 def curves(path: Path, fits: dict[str, FitCurves], title: str) -> bool:
@@ -81,7 +84,8 @@ def curves(path: Path, fits: dict[str, FitCurves], title: str) -> bool:
     for name, f in fits.items():
         for ax, panel in zip(axes[0], panels):
             if panel == "val" and len(f.vals):
-                line, = ax.plot(np.arange(1, len(f.vals) + 1), f.vals, label=name, lw=0.8)
+                line, = ax.plot(np.arange(1, len(f.vals) + 1), f.vals, label=f"{name} ({f.stop})" if f.stop else name,
+                                lw=0.8)
             elif panel != "val" and len(f.curve):
                 line, = ax.plot(f.curve[:, 0], f.curve[:, 1 if panel == "psnr" else 2], label=name)
             else:
@@ -136,6 +140,13 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
 
 
+def stop_summary(stops: list[str] | None) -> str:
+    """``["plateau", "plateau", "overfit"]`` -> ``"plateau 2, overfit 1"`` (``-`` for none)."""
+    if not stops:
+        return "-"
+    return ", ".join(f"{k} {stops.count(k)}" for k in dict.fromkeys(stops))
+
+
 def write_report(out: Path, records: list[dict], figures: list[str], argv: list[str]) -> Path:
     """``report.md``: the command, versions, the table, per-volume rows and the figures."""
     import torch
@@ -151,12 +162,17 @@ def write_report(out: Path, records: list[dict], figures: list[str], argv: list[
              f"; machine: {platform.machine()}, {platform.system()}", "",
              "Metrics: fastMRI definitions (volume-wise NMSE, PSNR and SSIM with data_range = volume max), "
              "mean over volumes.", "", format_table(summary_rows(records), markdown=True), "",
-             "## Per volume", "", "Fast path: how a generator's fit steps ran (``--fast-path``).", "",
-             "| file | method | accel | PSNR | SSIM | NMSE | s | fast path |", "|---|---|---|---|---|---|---|---|"]
+             "## Per volume", "", "Fast path: how a generator's fit steps ran (``--fast-path``). Stop: why each "
+             "slice's fit ended (" + "; ".join(f"{k}: {v}" for k, v in REASONS.items()) + "), slices counted.", "",
+             "| file | method | accel | PSNR | SSIM | NMSE | s | fast path | stop |", "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         g = lambda k, p: "-" if r[k] is None else f"{r[k]:.{p}f}"  # noqa: E731
         lines.append(f"| {Path(r['file']).name} | {r['method']} | {r['acceleration']:.2f} | {g('psnr', 2)} | "
-                     f"{g('ssim', 4)} | {g('nmse', 4)} | {r['seconds']:.1f} | {r.get('fast_path') or '-'} |")
+                     f"{g('ssim', 4)} | {g('nmse', 4)} | {r['seconds']:.1f} | {r.get('fast_path') or '-'} | "
+                     f"{stop_summary(r.get('stop'))} |")
+    masks = dict.fromkeys(f"{r['method']}: {r['pruning_mask']}" for r in records if r.get("pruning_mask"))
+    if masks:
+        lines += ["", "Pruning masks: " + "; ".join(masks) + "."]
     lines += ["", "## Figures", ""] + [f"![{Path(f).stem}]({f})" for f in figures]
     path = out / "report.md"
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())

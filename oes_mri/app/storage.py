@@ -23,7 +23,7 @@ from oes_mri.errors import InputError
 log = logging.getLogger("oes_mri")
 
 RECORD_KEYS = ("file", "method", "acceleration", "center_fraction", "slices", "nmse", "psnr", "ssim",
-               "seconds", "steps", "lambda", "device", "fast_path")
+               "seconds", "steps", "lambda", "device", "fast_path", "stop", "heldout_informative", "pruning_mask")
 
 
 class SliceResult(NamedTuple):
@@ -40,6 +40,8 @@ class SliceResult(NamedTuple):
     lamda: np.ndarray        # the regularisation weight used, () when the method has none
     weights: dict | None = None  # a fitted generator's state (name -> array), kept apart (save_weights)
     fast_path: str = ""          # how the fit's steps ran (oes_mri.fit.fastpath); "" for classical methods
+    stop: str = ""               # why the fit stopped (oes_mri.fit.stopping.REASONS); "" for classical methods
+    informative: str = ""        # whether its held-out samples carried a usable signal: "yes", "no", "" (none)
 
 
 CHECKPOINT_KEYS = ("image", "seconds", "losses", "curve", "vals", "steps", "lamda")
@@ -59,7 +61,8 @@ def save_checkpoint(path: Path, r: SliceResult) -> None:
     arrays = {"image": r.image, "seconds": np.float64(r.seconds), "losses": r.losses, "curve": r.curve,
               "vals": r.vals, "steps": r.steps, "lamda": r.lamda}
     buf = io.BytesIO()
-    np.savez(buf, **arrays, fast_path=np.str_(r.fast_path), checksum=np.str_(_checksum(arrays)))
+    np.savez(buf, **arrays, fast_path=np.str_(r.fast_path), stop=np.str_(r.stop),
+             informative=np.str_(r.informative), checksum=np.str_(_checksum(arrays)))
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -153,7 +156,9 @@ def _csv_value(v: object) -> object:
     """A record's value in metrics.csv: empty for None, per-slice lists space-separated."""
     if v is None:
         return ""
-    return " ".join(f"{x:g}" for x in v) if isinstance(v, list) else v
+    if isinstance(v, list):
+        return " ".join(str(x).lower() if isinstance(x, (str, bool)) else f"{x:g}" for x in v)
+    return v
 
 
 @contextlib.contextmanager

@@ -27,6 +27,7 @@ from oes_mri.methods import Reconstruction, Reconstructor, Score, make
 from oes_mri.metrics import slice_metrics
 from oes_mri.nets.generator import build_generator
 from oes_mri.physics.coils import MapCache
+from oes_mri.pruning import bank
 from oes_mri.pruning.weightmask import WeightMask
 
 log = logging.getLogger("oes_mri")
@@ -88,7 +89,8 @@ class RunConfig:
         if m.untrained:
             fp.update(device=self.device, batch_slices=self.batch_slices)
         if m.volume_mask:
-            fp.update(weight_mask=file_identity(self.weight_mask) if self.weight_mask else None, mask_per=self.mask_per)
+            fp.update(weight_mask=file_identity(bank.resolve(self.weight_mask)) if self.weight_mask else None,
+                      mask_per=self.mask_per)
         return json.loads(json.dumps(fp, default=str))
 
 
@@ -106,7 +108,8 @@ def slice_result(method: str, index: int, source: str, res: Reconstruction, seco
                        np.asarray([[r["step"], r["psnr"], r["ssim"]] for r in mon if "psnr" in r], np.float64),
                        np.asarray(h.get("val_losses", []), np.float32), steps,
                        np.asarray([h["lambda"]] if "lambda" in h else [], np.float64), weights,
-                       h.get("fast_path", ""))
+                       h.get("fast_path", ""), h.get("stop", ""),
+                       {True: "yes", False: "no"}.get(h.get("heldout", {}).get("informative"), ""))
 
 
 def scorer(target: np.ndarray | None) -> Score | None:
@@ -159,7 +162,7 @@ class VolumeData:
         cfg = self.cfg
         if cfg.weight_mask is None or cfg.mask_method is None:
             return None
-        wm = WeightMask.load(cfg.weight_mask)
+        wm = bank.load_file(cfg.weight_mask)
         arch = cfg.method(cfg.mask_method).config.arch
         if wm.meta.get("arch") not in (None, arch.to_dict()):
             raise InputError(cfg.weight_mask, f"--pruning-mask was made for architecture {wm.meta.get('arch')}, "

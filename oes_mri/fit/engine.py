@@ -59,7 +59,9 @@ class FitResult:
     steps: int = 0
     """steps this fit ran: where its stopping rule fired, else every step"""
     stop: str = "cap"
-    """why it stopped: the rule's reason ("patience", "fallback", ...) or "cap" """
+    """why it stopped: the rule's reason (:data:`oes_mri.fit.stopping.REASONS`) or "cap" """
+    seen: dict = field(default_factory=dict)
+    """what the stopping rule saw when it decided (:attr:`ValidationStop.seen`)"""
 
 
 def split_objective(value: torch.Tensor | tuple) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -277,7 +279,8 @@ def fit_batch(gens: Sequence[nn.Module], loss_fns: Sequence[LossFn], steps: int,
                                  record.ema[b].clone() if record.ema is not None else None,
                                  record.losses[:steps_b, b].tolist(), [r for r in logs[b] if r["step"] <= steps_b],
                                  record.vals[:steps_b, b].tolist() if record.vals is not None else [],
-                                 int(record.best_step[b]), steps_b, reason))
+                                 int(record.best_step[b]), steps_b, reason,
+                                 dict(getattr(stop, "seen", [{}] * B)[b])))
     return results
 
 

@@ -175,9 +175,11 @@ of predicting zeros) is above this has diverged, even if its numbers stayed fini
 
 
 def check_data_error(st: FitSetup, res: FitResult) -> None:
-    """Raise :class:`FitDiverged` when the chosen iterate fits the data far worse than zeros."""
+    """Raise :class:`FitDiverged` when the chosen iterate (or the classical start a residual fit
+    returns instead of a worse one) fits the data far worse than zeros."""
+    chosen = st.start if _kept_start(st, res.best) else res.best
     with torch.no_grad():
-        err = float(st.problem.data_error(res.best))
+        err = float(st.problem.data_error(chosen))
     if not err <= DIVERGED:
         raise FitDiverged(f"the fitted image's data error is {err:.3g} times that of zeros")
 
@@ -200,7 +202,7 @@ def _output(cfg: DipConfig, st: FitSetup, res: FitResult, lr: float, fit_seconds
     history = {"losses": res.losses, "monitor": res.monitor, "mask_losses": st.mask_losses,
                "best_loss": res.best_loss, "lr": lr, "mask_seconds": st.mask_seconds,
                "fit_seconds": fit_seconds, "scale": problem.scale, "val_losses": res.val_losses,
-               "best_step": res.best_step, "steps": res.steps, "stop": res.stop,
+               "best_step": res.best_step, "steps": res.steps, "stop": res.stop, "heldout": res.seen,
                "fast_path": "bf16" if cfg.speed.amp else fast.path, "fast_path_seconds": fast.seconds,
                "start_kept": kept}
     image = out[0] / problem.scale if problem.op.sense else None
@@ -208,13 +210,20 @@ def _output(cfg: DipConfig, st: FitSetup, res: FitResult, lr: float, fit_seconds
     return DipOutput(problem.coil_images(out), image, st.weight_mask, weights, history)
 
 
+WARM_RULE = {"validation.informative": 0.99, "validation.rise": 0.0, "validation.noise": 0.0, "validation.start": 1}
+"""A warm-started slice keeps the rule the chain was measured with (``docs/warm_start.md``):
+patience alone from its first step, informative below 0.99. It starts at its neighbour's
+fitted weights, not at a blurred random init, and its cap is short."""
+
+
 def warm_config(cfg: DipConfig) -> DipConfig:
     """The settings of a warm-started fit: the fit's learning rate, step cap (never above the
     fit's) and held-out patience replaced by :class:`~oes_mri.fit.config.WarmStart`'s
-    where it sets them. A warm rate of its own runs constant: a warm-up schedule is for a
+    where it sets them, and the stopping rule of :data:`WARM_RULE`. A warm rate of its own runs constant: a warm-up schedule is for a
     random init, not for a neighbour's fitted weights."""
     steps = None if cfg.warm.steps is None else min(cfg.warm.steps, cfg.steps)
-    changes = {"fit.lr": cfg.warm.lr, "validation.patience": cfg.warm.patience, "fit.steps": steps}
+    changes = {"fit.lr": cfg.warm.lr, "validation.patience": cfg.warm.patience, "fit.steps": steps,
+               **WARM_RULE}
     if cfg.warm.lr is not None and cfg.lr_schedule == "warmup":
         changes["fit.lr_schedule"] = "constant"
     return cfg.updated({k: v for k, v in changes.items() if v is not None})

@@ -38,8 +38,9 @@ class Record:
     gives one (self-validation), else the fit loss, averaged over about ``smoothing`` steps,
     ``s_t = s_{t-1} + (v_t - s_{t-1}) / smoothing`` (``s_1 = v_1``; 1 = the raw loss): a
     one-step dip of a noisy held-out error then neither wins nor starts a stopping rule's
-    patience clock. A slice whose stopping rule has fired is ``frozen``: its chosen iterate no
-    longer changes, although a batch it belongs to goes on.
+    patience clock. No step before ``start`` is a candidate. A slice whose stopping rule has
+    fired is ``frozen``: its chosen iterate no longer changes, although a batch it belongs to
+    goes on.
 
     Attributes:
         losses: fit losses ``(steps, *loss.shape)``; vals: validation losses, same shape, or
@@ -51,10 +52,10 @@ class Record:
         ema: ``d * ema + (1 - d) * output`` when ``ema_decay`` is set (starts at the first output).
     """
 
-    def __init__(self, steps: int, ema_decay: float | None = None, smoothing: float = 1.0) -> None:
-        if smoothing < 1:
-            raise ValueError(f"score smoothing must be >= 1 step, got {smoothing}")
-        self.steps, self.ema_decay, self.smoothing = steps, ema_decay, smoothing
+    def __init__(self, steps: int, ema_decay: float | None = None, smoothing: float = 1.0, start: int = 1) -> None:
+        if smoothing < 1 or start < 1:
+            raise ValueError(f"score smoothing and the first candidate step must be >= 1, got {smoothing}, {start}")
+        self.steps, self.ema_decay, self.smoothing, self.start = steps, ema_decay, smoothing, start
         self.losses = self.vals = self.best = self.best_score = self.best_step = self.frozen = None
         self.ema = self.index = self.score = None
 
@@ -77,6 +78,8 @@ class Record:
         self.score.add_((raw - self.score) / self.smoothing)
         score = self.score
         better = (score < self.best_score) & ~self.frozen
+        if self.start > 1:                                   # no candidate before step ``start``
+            better &= self.index >= self.start
         self.best.copy_(torch.where(better.view(*better.shape, *[1] * (out.dim() - better.dim())), out, self.best))
         self.best_score.copy_(torch.where(better, score, self.best_score))
         self.best_step.copy_(torch.where(better, self.index, self.best_step))

@@ -90,7 +90,7 @@ class Regularised(Reconstructor):
         op = _op(x)
         split = self.validation.split(x.mask, tuple(x.kspace.shape[-2:]), self.seed)
         return choose_lambda(lambda k, m, lam: self.solve(k, op.with_mask(m), lam), x.kspace, split,
-                             [self.lamda * f for f in LAMBDA_FACTORS])
+                             [self.lamda * f for f in LAMBDA_FACTORS], self.lamda, self.validation.informative)
 
     def tuned_on(self, x: SliceData) -> bool:
         """The weight is chosen by held-out error on slice ``x`` (tuning on, and samples to hold out)."""
@@ -110,7 +110,8 @@ class Regularised(Reconstructor):
         lamda, history = self.lamda, {}
         if self.tuned_on(x):
             choice = self.choose(x)
-            lamda, history = choice.lamda, {"lambda_grid": list(choice.grid), "lambda_errors": list(choice.errors)}
+            lamda, history = choice.lamda, {"lambda_grid": list(choice.grid), "lambda_errors": list(choice.errors),
+                                            "lambda_evidence": choice.evidence}
         return _result(x, self.solve(x.kspace, _op(x), lamda), {**history, "lambda": lamda})
 
 
