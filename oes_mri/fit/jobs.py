@@ -219,11 +219,11 @@ fitted weights, not at a blurred random init, and its cap is short."""
 def warm_config(cfg: DipConfig) -> DipConfig:
     """The settings of a warm-started fit: the fit's learning rate, step cap (never above the
     fit's) and held-out patience replaced by :class:`~oes_mri.fit.config.WarmStart`'s
-    where it sets them, and the stopping rule of :data:`WARM_RULE`. A warm rate of its own runs constant: a warm-up schedule is for a
+    where it sets them, and with a patience of its own the stopping rule of :data:`WARM_RULE`. A warm rate of its own runs constant: a warm-up schedule is for a
     random init, not for a neighbour's fitted weights."""
     steps = None if cfg.warm.steps is None else min(cfg.warm.steps, cfg.steps)
     changes = {"fit.lr": cfg.warm.lr, "validation.patience": cfg.warm.patience, "fit.steps": steps,
-               **WARM_RULE}
+               **(WARM_RULE if cfg.warm.patience is not None else {})}
     if cfg.warm.lr is not None and cfg.lr_schedule == "warmup":
         changes["fit.lr_schedule"] = "constant"
     return cfg.updated({k: v for k, v in changes.items() if v is not None})
