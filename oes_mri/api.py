@@ -13,6 +13,7 @@ maps on the acquired readout, readout oversampling removed) and the same method 
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,8 @@ from oes_mri.methods import Reconstruction, Reconstructor, default_methods, make
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.physics.masks import SamplingMask, mask_from_array
 from oes_mri.physics.operator import MultiCoilOp
+from oes_mri.pruning import bank
+from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.physics.measured import measure
 from oes_mri.fit.config import DipConfig
 
@@ -78,7 +81,8 @@ def resolve(method: str | Reconstructor | None, device: torch.device | str, tune
 def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarray | torch.Tensor,
                 method: str | Reconstructor | None = None, maps: np.ndarray | torch.Tensor | None = None, *,
                 recon_size: tuple[int, int] | None = None, readout: str = "crop", tune: bool = True,
-                device: torch.device | str | None = None, progress=None, **settings: Any) -> Reconstruction:
+                device: torch.device | str | None = None, progress=None,
+                pruning_mask: str | os.PathLike | WeightMask | None = None, **settings: Any) -> Reconstruction:
     """Reconstruct one slice.
 
     Args:
@@ -98,6 +102,10 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
         tune: choose the classical methods' lambda by held-out k-space.
         device: where to compute (default: ``kspace``'s device).
         progress: ``progress(step, info)`` of a generator fit.
+        pruning_mask: a pruning mask to fit with instead of making one (the CLI's
+            ``--pruning-mask``): ``"bank:channels25"`` (a shipped mask,
+            :mod:`oes_mri.pruning.bank`), a mask file, or a ``WeightMask``; only for a method
+            that takes one (``oes``, ``oes-channels``, ``random-channels``).
         **settings: the method's settings: generator settings by short name (``steps``, ``lr``,
             ``density``, ``holdout``, ``patience``, ``penalty``, ``seed``, ``arch``) or as
             ``"section.field"`` keys of :class:`~oes_mri.fit.config.DipConfig` (pass them
@@ -116,7 +124,13 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
     rec = resolve(method, k.device, tune, **settings)
     given = None if maps is None else _as_tensor(maps, k.device).to(torch.complex64)
     x = measure(k, smask, tuple(recon_size or shape), readout, given)
-    return rec.reconstruct(x.kspace, MultiCoilOp(x.mask, x.maps, x.recon_size), progress=progress)
+    wm = None
+    if pruning_mask is not None:
+        if not getattr(rec, "volume_mask", False):
+            raise ValueError(f"pruning_mask: method {rec.name!r} does not take a pruning mask "
+                             "(oes, oes-channels and random-channels do)")
+        wm = pruning_mask if isinstance(pruning_mask, WeightMask) else bank.load_file(pruning_mask)
+    return rec.reconstruct(x.kspace, MultiCoilOp(x.mask, x.maps, x.recon_size), progress=progress, weight_mask=wm)
 
 
 __all__ = ["reconstruct", "resolve"]

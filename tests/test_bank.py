@@ -92,3 +92,19 @@ def test_only_a_pattern_mask_takes_the_runs_init(pattern):
     wm = bank.load(bank.names()[0])
     meta = {**wm.meta, "init_seed": 7, "pattern_only": pattern}
     assert _init_seed(DipConfig(seed=3), bank.WeightMask(wm.masks, meta)) == (3 if pattern else 7)
+
+
+def test_api_takes_a_shipped_mask_and_refuses_it_where_unused():
+    """``oes_mri.reconstruct(..., pruning_mask="bank:NAME")`` fits with the shipped pattern (the
+    CLI's ``--pruning-mask``); a method without a pruning mask refuses it instead of dropping it."""
+    import oes_mri
+    from oes_mri.physics.masks import fastmri_mask
+
+    vol = oes_mri.load_volume(oes_mri.sample_path())
+    k = vol.kspace[0]
+    m = fastmri_mask(k.shape[-2:], 4, 0.08, seed=0)
+    name = bank.names()[0]
+    out = oes_mri.reconstruct(k, m, "oes-channels", recon_size=vol.recon_size, steps=3, pruning_mask=f"bank:{name}")
+    assert out.weight_mask.meta["bank"] == name and out.steps == 3
+    with pytest.raises(ValueError, match="does not take a pruning mask"):
+        oes_mri.reconstruct(k, m, "sense", recon_size=vol.recon_size, pruning_mask=f"bank:{name}")
