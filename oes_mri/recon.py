@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split of the density over the layers: erk (default: Erdos-Renyi-Kernel; the OES "
                    "logits pick the weights within each layer), global (top-k over all layers, as published), "
                    "uniform, or magnitude (the split of global magnitude pruning at init)")
-    g.add_argument("--prune-steps", "--mask-steps", dest="mask_steps", type=int, default=None,
+    g.add_argument("--prune-steps", "--mask-steps", dest="prune_steps", type=int, default=None,
                    help="OES pruning-mask learning steps (default 100; --mask-steps: the old name)")
     g.add_argument("--steps", type=int, default=None,
                    help="fitting steps: the cap when held-out k-space stops the fit (default on the CPU "
@@ -115,11 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", choices=ARCHS, default=ArchConfig.name, help=f"generator (default {ArchConfig.name})")
     g.add_argument("--dip-seed", type=int, default=DipConfig.seed,
                    help=f"generator init / input noise / held-out split seed (default {DipConfig.seed})")
-    g.add_argument("--pruning-mask", "--weight-mask", dest="weight_mask", type=Path, default=None,
+    g.add_argument("--pruning-mask", "--weight-mask", dest="pruning_mask", type=Path, default=None,
                    help="reuse a pruning mask instead of learning one: a shipped mask of the bank "
                    "(bank:channels25) or a file (.safetensors; a run writes the one it learns to "
                    "<out>/.checkpoints/<volume>/<method>/weight_mask.safetensors) (--weight-mask: the old name)")
-    g.add_argument("--prune-per", "--mask-per", dest="mask_per", choices=["volume", "slice"], default="volume",
+    g.add_argument("--prune-per", "--mask-per", dest="prune_per", choices=["volume", "slice"], default="volume",
                    help="learn one OES pruning mask per volume on its middle slice and reuse it, or one per "
                    "slice (--mask-per: the old name)")
     g.add_argument("--output-iterate", choices=OUTPUTS, default=FitConfig.output,
@@ -245,11 +245,11 @@ def make_config(args: argparse.Namespace):
         methods = parse_methods(args.methods) if args.methods is not None else None
     except ValueError as err:
         raise InputError(None, f"--methods: {err}")
-    if args.weight_mask is not None:
+    if args.pruning_mask is not None:
         from oes_mri.pruning import bank
 
         try:
-            bank.load_file(args.weight_mask)  # readable, else a clear error now
+            bank.load_file(args.pruning_mask)  # readable, else a clear error now
         except InputError as err:
             raise InputError(err.source, f"--pruning-mask: {err.problem}") from None
     device = resolve_device(args.device, remote=args.ray not in (None, "local"))
@@ -263,7 +263,7 @@ def make_config(args: argparse.Namespace):
     return RunConfig(data=Path(args.data) if args.data is not None else sample_path(), out=Path(args.out),
                      methods=[make(name, dip, args.tune_lambda) for name in methods], accel=args.accel,
                      center_fraction=args.center_fraction, mask_kind=args.mask_kind, seed=args.seed,
-                     slices=args.slices, challenge=args.challenge, weight_mask=args.weight_mask, mask_per=args.mask_per, device=device,
+                     slices=args.slices, challenge=args.challenge, pruning_mask=args.pruning_mask, prune_per=args.prune_per, device=device,
                      overwrite=args.overwrite, batch_slices=args.batch_slices,
                      nifti="nifti" in (args.save or ()), readout=args.readout)
 
@@ -282,7 +282,7 @@ def dip_config(args: argparse.Namespace):
 
     pruning = build("--density/--prune-steps/--allocation", lambda: PruningConfig(
         density=args.density, allocation=args.allocation,
-        **({"steps": args.mask_steps} if args.mask_steps is not None else {})))
+        **({"steps": args.prune_steps} if args.prune_steps is not None else {})))
     oes = build("--oes-init/--oes-estimator", lambda: OesConfig(init=args.oes_init, estimator=args.oes_estimator))
     fit = build("--steps/--lr/--lr-schedule/--output-iterate/--input-jitter/--dip-penalty/--start", lambda: FitConfig(
         steps=args.steps, lr=args.lr, lr_schedule=args.lr_schedule, output=args.output_iterate,

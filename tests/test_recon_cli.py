@@ -353,7 +353,8 @@ def test_fallback_maps_are_never_silent(tiny_file, tmp_path, caplog):
 
 def test_mask_flags_say_which_mask_and_keep_the_old_names():
     """--sampling / --prune-steps / --prune-per / --pruning-mask, with the old --mask /
-    --mask-steps / --mask-per / --weight-mask as aliases (one release)."""
+    --mask-steps / --mask-per / --weight-mask as aliases (one release); the flag's word is the
+    code's word (the run's settings say ``prune_per``, ``pruning_mask``)."""
     from oes_mri.recon import build_parser
 
     new = build_parser().parse_args(["--sampling", "poisson", "--prune-steps", "7", "--prune-per", "slice",
@@ -361,4 +362,8 @@ def test_mask_flags_say_which_mask_and_keep_the_old_names():
     old = build_parser().parse_args(["--mask", "poisson", "--mask-steps", "7", "--mask-per", "slice",
                                      "--weight-mask", "m.safetensors"])
     assert vars(new) == vars(old)
-    assert (new.mask_kind, new.mask_steps, new.mask_per, str(new.weight_mask)) == ("poisson", 7, "slice", "m.safetensors")
+    assert (new.mask_kind, new.prune_steps, new.prune_per, str(new.pruning_mask)) == ("poisson", 7, "slice", "m.safetensors")
+    from oes_mri.recon import make_config
+
+    cfg = make_config(build_parser().parse_args(["--prune-per", "slice", "--methods", "oes,zf"]))
+    assert cfg.prune_per == "slice" and cfg.pruning_mask is None

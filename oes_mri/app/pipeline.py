@@ -54,7 +54,7 @@ class VolumeRun(VolumeData):
         identity, and for a volume-learned OES mask the slice it is learned on."""
         fp = dict(self.cfg.fingerprint(method), input=file_identity(self.info.path),
                   center_fraction=self.cfg.sampling.center_fraction_of(self.info, self.smask))   # given = default
-        if method == self.cfg.mask_method and self.cfg.mask_per == "volume" and self.cfg.weight_mask is None:
+        if method == self.cfg.mask_method and self.cfg.prune_per == "volume" and self.cfg.pruning_mask is None:
             fp["reference_slice"] = self.reference_slice
         return fp
 
@@ -94,7 +94,7 @@ class VolumeRun(VolumeData):
 
     def needs_mask(self) -> bool:
         """The volume's OES mask is still to be learned."""
-        return (self.cfg.mask_method is not None and self.cfg.mask_per == "volume" and self.cfg.weight_mask is None
+        return (self.cfg.mask_method is not None and self.cfg.prune_per == "volume" and self.cfg.pruning_mask is None
                 and not self.mask_path.exists())
 
     def save(self, r: SliceResult) -> None:
@@ -130,9 +130,9 @@ class VolumeRun(VolumeData):
 
     def weight_mask(self) -> WeightMask | None:
         """The OES mask shared by the volume's slices (learned here if needed), or a given one."""
-        if self.cfg.weight_mask is not None:
+        if self.cfg.pruning_mask is not None:
             return self.given_mask()
-        if self.cfg.mask_method is None or self.cfg.mask_per != "volume":
+        if self.cfg.mask_method is None or self.cfg.prune_per != "volume":
             return None
         if not self.needs_mask():
             return WeightMask.load(self.mask_path)
@@ -153,7 +153,7 @@ class VolumeRun(VolumeData):
         self.progress.volume(self.info.path.name, sum(map(len, todo.values())))
         wm = self.weight_mask()
         mm = self.cfg.mask_method
-        if self.cfg.mask_per == "volume" and mm in todo:      # the reference slice was just checkpointed
+        if self.cfg.prune_per == "volume" and mm in todo:      # the reference slice was just checkpointed
             todo[mm] = [i for i in todo[mm] if not self.checkpoint(mm, i).exists()]
         for results in self.reconstruct(todo, wm, self.progress, self.warm_weights(todo)):
             for r in results:
@@ -211,9 +211,9 @@ class VolumeRun(VolumeData):
         m = self.cfg.method(method)
         if not m.untrained or m.config.pruning.method == "dense":
             return None
-        if method == self.cfg.mask_method and self.cfg.weight_mask is not None:
-            return str(self.cfg.weight_mask)
-        shared = method == self.cfg.mask_method and self.cfg.mask_per == "volume"
+        if method == self.cfg.mask_method and self.cfg.pruning_mask is not None:
+            return str(self.cfg.pruning_mask)
+        shared = method == self.cfg.mask_method and self.cfg.prune_per == "volume"
         return "made per volume" if shared else "made per slice"
 
 

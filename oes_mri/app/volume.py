@@ -50,8 +50,8 @@ class RunConfig:
     seed: int | None = None
     slices: str | None = None
     challenge: str | None = None
-    weight_mask: Path | None = None
-    mask_per: str = "volume"
+    pruning_mask: Path | str | None = None
+    prune_per: str = "volume"
     device: str = "cpu"
     overwrite: bool = False
     batch_slices: int = 1
@@ -61,7 +61,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         self.data, self.out = Path(self.data), Path(self.out)
         self.methods = [make(m) if isinstance(m, str) else m for m in self.methods]
-        self.weight_mask = None if self.weight_mask is None else Path(self.weight_mask)
+        self.pruning_mask = None if self.pruning_mask is None else Path(self.pruning_mask)
 
     @property
     def names(self) -> list[str]:
@@ -89,8 +89,8 @@ class RunConfig:
         if m.untrained:
             fp.update(device=self.device, batch_slices=self.batch_slices)
         if m.volume_mask:
-            fp.update(weight_mask=file_identity(bank.resolve(self.weight_mask)) if self.weight_mask else None,
-                      mask_per=self.mask_per)
+            fp.update(weight_mask=file_identity(bank.resolve(self.pruning_mask)) if self.pruning_mask else None,
+                      mask_per=self.prune_per)           # the keys the checkpoints of earlier versions carry
         return json.loads(json.dumps(fp, default=str))
 
 
@@ -160,17 +160,17 @@ class VolumeData:
     def given_mask(self) -> WeightMask | None:
         """``--pruning-mask``, checked against the architecture of the method that uses it."""
         cfg = self.cfg
-        if cfg.weight_mask is None or cfg.mask_method is None:
+        if cfg.pruning_mask is None or cfg.mask_method is None:
             return None
-        wm = bank.load_file(cfg.weight_mask)
+        wm = bank.load_file(cfg.pruning_mask)
         arch = cfg.method(cfg.mask_method).config.arch
         if wm.meta.get("arch") not in (None, arch.to_dict()):
-            raise InputError(cfg.weight_mask, f"--pruning-mask was made for architecture {wm.meta.get('arch')}, "
+            raise InputError(cfg.pruning_mask, f"--pruning-mask was made for architecture {wm.meta.get('arch')}, "
                                               f"not {arch.to_dict()}")
         try:
-            wm.check_fits(build_generator(arch, (64, 64), int(wm.meta.get("num_images", 1))), cfg.weight_mask)
+            wm.check_fits(build_generator(arch, (64, 64), int(wm.meta.get("num_images", 1))), cfg.pruning_mask)
         except InputError as err:
-            raise InputError(cfg.weight_mask, f"--pruning-mask: {err.problem}") from None
+            raise InputError(cfg.pruning_mask, f"--pruning-mask: {err.problem}") from None
         return wm
 
     def learn_mask(self, progress: Progress | None = None) -> tuple[WeightMask, SliceResult]:
@@ -191,7 +191,7 @@ class VolumeData:
         run (:attr:`RunConfig.mask_method`) has the volume's mask; another that would learn one
         per volume learns one per slice, unchained."""
         cfg = self.cfg
-        shared = method == cfg.mask_method and (cfg.weight_mask is not None or cfg.mask_per == "volume")
+        shared = method == cfg.mask_method and (cfg.pruning_mask is not None or cfg.prune_per == "volume")
         return cfg.method(method).chains(shared)
 
     def reconstruct(self, todo: dict[str, list[int]], weight_mask: WeightMask | None,
