@@ -17,7 +17,7 @@
 #      output averaging and a density sweep, each part in its own process;
 #    - speed.py with --compile (torch.compile's cold start and gain).
 # Part 2 (fit steps replayed as CUDA graphs, the CUDA default since part 1):
-# 1. the CUDA tests (tests/test_fit.py: graph == eager, pruned weights stay zero);
+# 1. the CUDA tests (tests/fit/test_fit.py: graph == eager, pruned weights stay zero);
 # 2. speed.py at knee size with CUDA-graph steps and batches, alone on the GPU;
 # 3. side by side: the knee-size volume again (CUDA graphs), and on the brain at 4x, 3000 fit
 #    steps: the method table and mask_steps=1000 at two more seeds (seed spread), and 9000-step
@@ -103,7 +103,7 @@ part1() {
 }
 
 part2() {
-    run tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_fit.py -k cuda
+    run tests 90 $PY -m pytest -q -p no:cacheprovider tests/fit/test_fit.py -k cuda
     run speed 150 $PY benchmarks/speed.py --device "$DEVICE" $SPEED --steps 40 --amp --no-scaling --out "$OUT/speed"
     knee_volume
     run knee 220 $PY -m oes_mri.recon --data "$OUT/knee" --device "$DEVICE" --methods oes $RECON \
@@ -119,7 +119,7 @@ part2() {
 }
 
 part3() {
-    run tests 90 $PY -m pytest -q -p no:cacheprovider tests/test_fit.py -k cuda
+    run tests 90 $PY -m pytest -q -p no:cacheprovider tests/fit/test_fit.py -k cuda
     for seed in 0 1 2; do
         run q_erk_seed$seed $PCAP $Q --experiments table,ablation --table-methods oes,random,magnitude \
             --ablations mask_steps=$MASK --set seed=$seed --out "$OUT/q_erk_seed$seed" &

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
           f"torch {torch.__version__}. Serial uses torch's default {torch.get_num_threads()} threads; each Ray "
           "task 1 CPU (1 thread). Wall time includes starting Ray. PSNR differs in the 2nd decimal between serial "
           "and Ray only through the thread count (rounding); with equal threads the outputs are identical "
-          "(tests/test_ray.py).\n",
+          "(tests/app/test_ray.py).\n",
           "| run | wall s | slices/min | ratio to serial | mean PSNR dB |", "|---|---|---|---|---|"]
     for label, wall, rate, psnr in rows:
         md.append(f"| {label} | {wall:.1f} | {rate:.1f} | {rows[0][1] / wall:.2f}x | {psnr:.2f} |")

@@ -21,7 +21,7 @@ from oes_mri.app.slices import Sampling
 from oes_mri.fit.config import DipConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-PIN = Path(__file__).parent / "data" / "recon_pin.npz"
+PIN = Path(__file__).parent / "fixtures" / "recon_pin.npz"
 PIN_ARGS = ["--methods", "zf,sense,l1,tv,oes", "--steps", "30", "--prune-steps", "10", "--dip-seed", "3",
             "--fast-path", "fp32", "--no-figures", "--quiet", "--device", "cpu"]
 """The pinned run: the built-in sample at 4x; ``recon_pin.npz`` holds the images the code

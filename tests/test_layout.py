@@ -54,6 +54,16 @@ def test_library_below_application():
         assert not up, f"{m} (library) imports the application: {up}"
 
 
+def test_tests_are_laid_out_like_the_package():
+    """Each folder of ``tests/`` mirrors a package of ``oes_mri`` (``fixtures`` holds data)."""
+    tests = Path(__file__).parent
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and not p.name.startswith(("_", "."))} - {"fixtures"}
+    packages = {p.parent.name for p in PKG.glob("*/__init__.py")}
+    assert folders and folders <= packages, folders - packages
+    for f in folders:
+        assert (tests / f / "__init__.py").exists() and list((tests / f).glob("test_*.py")), f
+
+
 def test_modules_are_short():
     for path in PKG.rglob("*.py"):
         n = len(path.read_text().splitlines())

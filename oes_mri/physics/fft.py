@@ -3,7 +3,7 @@
 The fastMRI convention: ``image = fftshift(ifft2(ifftshift(k), norm="ortho"))`` over the last
 two dimensions. These functions act on ``torch.complex64`` tensors of shape ``(..., H, W)``
 (fastMRI's own ``fastmri.fft2c`` acts on the real view ``(..., H, W, 2)``; the results are
-equal to float precision, see ``tests/test_fft.py``).
+equal to float precision, see ``tests/physics/test_fft.py``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from oes_mri.recon import main
 from oes_mri.fit import jobs as sparse_dip
 from oes_mri.fit.jobs import reconstruct_dip
 from oes_mri.app.storage import load_weights, save_weights
-from tests.test_fit import CFG, _slices
+from tests.fit.test_fit import CFG, _slices
 
 ARGS = ["--arch", "hourglass-tiny", "--steps", "12", "--prune-steps", "5", "--no-figures", "--quiet", "--fast-path", "fp32"]
 

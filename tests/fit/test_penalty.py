@@ -12,7 +12,7 @@ from oes_mri.nets.generator import ArchConfig
 from oes_mri.fit.config import FitConfig, ValidationConfig
 from oes_mri.fit.penalty import wavelet_l1
 from oes_mri.fit.jobs import DipConfig, reconstruct_dip, reconstruct_dip_batch, setup_fit
-from tests.test_fit import _slices, float64  # noqa: F401 (fixture)
+from tests.fit.test_fit import _slices, float64  # noqa: F401 (fixture)
 
 TINY = DipConfig(arch=ArchConfig("hourglass-tiny")).updated({"pruning.method": "dense"})
 

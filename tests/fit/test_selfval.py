@@ -28,7 +28,7 @@ from oes_mri.fit.stopping import ValidationStop
 from oes_mri.fit.jobs import DipConfig, ValidationConfig, reconstruct_dip, reconstruct_dip_batch
 from oes_mri.methods.tuning import choose_lambda
 from tests.conftest import phantom_image
-from tests.test_fit import _slices, exact_cuda, float64  # noqa: F401 (fixtures)
+from tests.fit.test_fit import _slices, exact_cuda, float64  # noqa: F401 (fixtures)
 
 TINY = DipConfig(arch=ArchConfig("hourglass-tiny"))
 
@@ -232,7 +232,7 @@ def test_same_image_without_the_target(tmp_path, tiny_file):
 def test_cuda_graph_records_the_eager_validation_curve(exact_cuda):  # noqa: F811
     """A replayed CUDA-graph fit records the eager fit's held-out curve, to rounding as Adam
     amplifies it (test_fit.GRAPH_GAP), and the rule stops both (the stop flags live on the device)."""
-    from tests.test_fit import GRAPH_GAP, _log_gap
+    from tests.fit.test_fit import GRAPH_GAP, _log_gap
 
     x = _slices(1)[0]
     x = x._replace(kspace=x.kspace.cuda(), mask=x.mask.cuda(), maps=x.maps.cuda())
