@@ -75,7 +75,7 @@ def resolve(method: str | Reconstructor | None, device: torch.device | str, tune
     dip, own = _dip_settings(settings)
     graph = dip.pop("speed.cuda_graph", None)
     cfg = DipConfig().updated(dip).on_device(device, graph)
-    return make(method or default_methods(device)[0], cfg, tune, **own)
+    return make(method or default_methods(device, cfg.arch.name)[0], cfg, tune, **own)
 
 
 def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarray | torch.Tensor,

@@ -55,6 +55,11 @@ DEVICES = {
 """By device type: on the CPU the channel-pruned generator at its own budget; on CUDA OES's
 5 % weight mask on the full generator, capped at 6000 steps, each step a replayed CUDA graph."""
 
+CHANNEL_ARCHS = ("hourglass", "hourglass-small", "hourglass-tiny")
+"""Generators whose channels can be pruned and rebuilt smaller (no skip connections)."""
+FALLBACK_METHOD = "oes"
+"""The default Sparse-DIP for a generator that channel pruning cannot rebuild: OES's weight mask."""
+
 DEFAULT_METHODS = ("sense", "zf")
 """The baselines that run beside the default Sparse-DIP when no method is named."""
 

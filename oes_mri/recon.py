@@ -253,7 +253,7 @@ def make_config(args: argparse.Namespace):
         except InputError as err:
             raise InputError(err.source, f"--pruning-mask: {err.problem}") from None
     device = resolve_device(args.device, remote=args.ray not in (None, "local"))
-    methods = methods if methods is not None else list(default_methods(device))
+    methods = methods if methods is not None else list(default_methods(device, args.arch))
     dip = dip_config(args)
     try:
         dip = dip.on_device(device, args.cuda_graph)

@@ -14,6 +14,7 @@ the regularised baselines choose their weight from a grid by it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import torch
@@ -21,8 +22,10 @@ import torch
 from oes_mri.methods.base import Reconstruction, Reconstructor, Score, final_image, slice_data
 from oes_mri.methods.classical import LAMBDA_FACTORS, TV, CGSense, L1Wavelet, Regularised, ZeroFilled
 from oes_mri.methods.untrained import DenseDIP, SparseDIP, Untrained
-from oes_mri.defaults import DEFAULT_METHODS, device_defaults
+from oes_mri.defaults import CHANNEL_ARCHS, DEFAULT_METHODS, FALLBACK_METHOD, device_defaults, generator_kind
 from oes_mri.fit.config import DipConfig
+
+log = logging.getLogger("oes_mri")
 
 __all__ = ["CGSense", "DenseDIP", "Untrained", "L1Wavelet", "LAMBDA_FACTORS", "METHODS", "REGISTRY",
            "Reconstruction", "Reconstructor", "Score", "SparseDIP", "TV", "ZeroFilled", "final_image", "make",
@@ -52,10 +55,16 @@ REGISTRY: dict[str, Factory] = {
     "random-channels": lambda dip, tune: SparseDIP(dip, "random-channels"),
 }
 METHODS = tuple(REGISTRY)
-def default_methods(device: str | torch.device = "cpu") -> tuple[str, ...]:
+def default_methods(device: str | torch.device = "cpu", arch: str = "hourglass") -> tuple[str, ...]:
     """What runs on ``device`` when no method is named: its Sparse-DIP and the baselines
-    (:func:`oes_mri.defaults.device_defaults`, :data:`oes_mri.defaults.DEFAULT_METHODS`)."""
-    return (device_defaults(device).method, *DEFAULT_METHODS)
+    (:func:`oes_mri.defaults.device_defaults`, :data:`oes_mri.defaults.DEFAULT_METHODS`). A
+    generator ``arch`` that channel pruning cannot rebuild gets OES's weight mask instead of a
+    channel-pruned default (said in the log)."""
+    dip = device_defaults(device).method
+    if generator_kind(dip) == "channels" and arch not in CHANNEL_ARCHS:
+        log.info("the %s generator cannot be channel-pruned: the default Sparse-DIP is %s", arch, FALLBACK_METHOD)
+        dip = FALLBACK_METHOD
+    return (dip, *DEFAULT_METHODS)
 
 
 def make(name: str, dip: DipConfig | None = None, tune: bool = True, **settings: Any) -> Reconstructor:

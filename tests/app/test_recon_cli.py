@@ -367,3 +367,21 @@ def test_mask_flags_say_which_mask_and_keep_the_old_names():
 
     cfg = make_config(build_parser().parse_args(["--prune-per", "slice", "--methods", "oes,zf"]))
     assert cfg.prune_per == "slice" and cfg.pruning_mask is None
+
+
+def test_default_adapts_to_a_generator_channel_pruning_cannot_rebuild(tmp_path, caplog):
+    """``--arch deepdecoder`` without ``--methods``: the CPU default (channel pruning) cannot
+    rebuild that generator, so OES's weight mask runs instead (the log says so), and the API
+    resolves the same (issue 36, item 10: the default had broken the flag)."""
+    import logging
+
+    from oes_mri.api import resolve
+
+    out = tmp_path / "out"
+    with caplog.at_level(logging.INFO, logger="oes_mri"):
+        assert main(["--arch", "deepdecoder", "--steps", "3", "--prune-steps", "2", "--quiet", "--no-figures",
+                     "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == ["oes", "sense", "zf"]
+    assert "cannot be channel-pruned" in caplog.text
+    assert resolve(None, "cpu", arch="deepdecoder").name == "oes"
+    assert resolve(None, "cpu").name == "random-channels"
