@@ -10,6 +10,7 @@ missing folder, an unreadable file, or a prediction with NaN/Inf values.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -20,16 +21,34 @@ from oes_mri.data.volumes import list_volumes
 from oes_mri.errors import InputError
 from oes_mri.metrics import VolumeMetrics, scorable, volume_metrics
 
+log = logging.getLogger("oes_mri")
+
 
 def _read(path: Path, keys: tuple[str, ...]) -> np.ndarray:
+    """The first of ``keys`` in ``path`` as a real array; a complex one as its magnitude (the
+    fastMRI metrics score magnitude images; a warning says so).
+
+    Raises:
+        InputError: unreadable, none of the keys, a group instead of an array, or not numbers.
+    """
     try:
         with h5py.File(path, "r") as hf:
             for k in keys:
                 if k in hf:
-                    return hf[k][()]
+                    if not isinstance(hf[k], h5py.Dataset):
+                        raise InputError(path, f"'{k}' is an HDF5 group, not an image array")
+                    data = hf[k][()]
+                    break
+            else:
+                raise InputError(path, f"has none of the datasets {', '.join(keys)}")
     except OSError as err:
         raise InputError(path, f"cannot be read as HDF5: {str(err).splitlines()[0][:120]}")
-    raise InputError(path, f"has none of the datasets {', '.join(keys)}")
+    if not isinstance(data, np.ndarray) or not (np.issubdtype(data.dtype, np.number) or data.dtype == bool):
+        raise InputError(path, f"'{k}' holds {getattr(data, 'dtype', type(data).__name__)}, not numbers")
+    if np.iscomplexobj(data):
+        log.warning("%s: '%s' is complex; its magnitude is scored (fastMRI scores magnitude images)", path, k)
+        data = np.abs(data)
+    return data
 
 
 def evaluate(target_dir: Path, pred_dir: Path, square_crop: bool = False) -> dict[str, VolumeMetrics]:

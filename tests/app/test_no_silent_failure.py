@@ -409,3 +409,28 @@ def test_09_ray_folder_run_reports_a_bad_file_and_does_the_others(tiny_file, tmp
                    "--ray-workers", "1")
     assert rc == 2 and "b_bad.h5" in err.splitlines()[-1] and "Traceback" not in err
     assert (tmp_path / "out" / "zf" / "a_good.h5").exists()
+
+
+def test_36_08_12_evaluate_scores_a_complex_prediction_by_magnitude_and_refuses_a_group(tiny_file, tmp_path, capsys):
+    """Third round, items 8 and 12: a complex prediction is scored on its magnitude (with a
+    warning), not its real part; a ``reconstruction`` that is an HDF5 group is one line naming
+    the file."""
+    from oes_mri.evaluate import evaluate, main as evaluate_main
+
+    targets, preds = tmp_path / "t", tmp_path / "p"
+    targets.mkdir(), preds.mkdir()
+    shutil.copy(tiny_file, targets / "x.h5")
+    with h5py.File(targets / "x.h5", "r") as f:
+        target = f["reconstruction_rss"][()]
+    noisy = target * (1 + 0.01 * np.random.default_rng(0).standard_normal(target.shape))
+    with h5py.File(preds / "x.h5", "w") as f:
+        f["reconstruction"] = noisy.astype(np.float32)
+    real = evaluate(targets, preds)["x.h5"].psnr
+    with h5py.File(preds / "x.h5", "w") as f:
+        f["reconstruction"] = (noisy * np.exp(2j)).astype(np.complex64)
+    assert evaluate(targets, preds)["x.h5"].psnr == pytest.approx(real, abs=1e-3)
+    with h5py.File(preds / "x.h5", "w") as f:
+        f.create_group("reconstruction")
+    assert evaluate_main(["--target", str(targets), "--pred", str(preds)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("x.h5" in line and "group" in line for line in err) and not any("Traceback" in e for e in err)
