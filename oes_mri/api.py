@@ -13,6 +13,7 @@ maps on the acquired readout, readout oversampling removed) and the same method 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from typing import Any
 
@@ -120,6 +121,10 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
         raise ValueError(f"kspace must be complex (coils, H, W), got {tuple(k.shape)} {k.dtype}")
     k = k.to(torch.complex64)
     shape = tuple(k.shape[-2:])
+    if recon_size is not None and not (isinstance(recon_size, (tuple, list)) and len(recon_size) == 2
+                                       and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0
+                                               for n in recon_size)):
+        raise ValueError(f"recon_size must be a pair of positive ints (rH, rW), got {recon_size!r}")
     smask = mask if isinstance(mask, SamplingMask) else _sampling_mask(mask, shape)
     rec = resolve(method, k.device, tune, **settings)
     given = None if maps is None else _as_tensor(maps, k.device).to(torch.complex64)

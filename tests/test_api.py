@@ -170,3 +170,48 @@ def test_api_resolves_the_clis_settings(monkeypatch, device, flags, settings):
     own = generator_defaults(cli.config.pruning.method).steps          # 1500 random channels, 300 oes
     assert cli.config.steps == (50 if "--steps" in flags else 6000 if device.startswith("cuda") else own)
     assert cli.config.speed.cuda_graph == device.startswith("cuda")
+
+
+@pytest.mark.parametrize("settings,match", [
+    ({"pruning": "oes"}, "pruning: expected a PruningConfig"), ({"validation": 0.0}, "validation: expected a"),
+    ({"speed": "fp32"}, "speed: expected a SpeedConfig"), ({"steps": 2.5}, "fit.steps: expected int"),
+    ({"steps": "5"}, "fit.steps: expected int"), ({"steps": True}, "fit.steps: expected int"),
+    ({"seed": 2**70}, r"seed .*must be in \[0, 2\*\*32\)"), ({"seed": "a"}, "seed: expected int"),
+    ({"recon_size": 160}, "recon_size must be a pair")])
+def test_api_names_a_setting_of_the_wrong_type(settings, match):
+    """Third round, item 11: a wrong-typed setting is a ValueError naming it, before any fit
+    (was an AttributeError, TypeError or OverflowError from deep inside)."""
+    k = torch.zeros(2, 16, 16, dtype=torch.complex64)
+    with pytest.raises(ValueError, match=match):
+        oes_mri.reconstruct(k, np.ones(16), "random-channels", **settings)
+    assert DipConfig().updated({"fit.steps": np.int64(5), "fit.lr": np.float32(0.01)}).steps == 5   # numpy numbers pass
+
+
+def test_api_gates_its_arrays_like_a_file(sample_slice):
+    """Third round, items 1-3: a mask for another grid, maps of the wrong shape, non-finite or
+    all-zero inputs and a mask without centre lines (maps to estimate) are refused in one line
+    naming the argument, where they gave wrong images or NaNs."""
+    from oes_mri import InputError
+    from oes_mri.physics.masks import fastmri_mask, mask_from_array
+
+    k, smask, rs = sample_slice
+    k = torch.as_tensor(k)
+    H, W = k.shape[-2:]
+    maps = oes_mri.reconstruct(k, smask, "zf", recon_size=rs)            # ESPIRiT runs: a sane start
+    good = torch.ones_like(k)
+    nan_unmeasured = k.clone()
+    nan_unmeasured[0, 0, int(torch.nonzero(smask.mask[0] == 0)[0])] = float("nan")
+    no_centre = smask.mask.clone()
+    no_centre[:, smask.acs[1]] = 0
+    cases = [((k, fastmri_mask((H // 2, W), 4, 0.08, seed=0)), {}, "mask was made for a"),
+             ((k, fastmri_mask((H, W + 8), 4, 0.08, seed=0)), {}, "mask was made for a"),
+             ((k, smask), {"maps": good[0]}, "maps must be"), ((k, smask), {"maps": good[:, : H // 2]}, "maps must be"),
+             ((k, smask), {"maps": good[:2]}, "maps must be"), ((k, smask), {"maps": good * float("nan")}, "NaN"),
+             ((k, smask), {"maps": good * 0}, "zero everywhere"), ((nan_unmeasured, smask), {}, "NaN or Inf"),
+             ((k * 0, smask), {}, "zero at every measured"),
+             ((k, mask_from_array(no_centre[0].numpy(), (H, W), "m")), {}, "calibration line")]
+    for (kk, m), extra, match in cases:
+        with pytest.raises(InputError, match=match) as err:
+            oes_mri.reconstruct(kk, m, "sense", recon_size=rs, **extra)
+        assert "\n" not in str(err.value)
+    assert np.isfinite(maps.image).all()

@@ -9,8 +9,11 @@ validation. Change a copy with :meth:`DipConfig.updated` (``{"fit.steps": 3000}`
 from __future__ import annotations
 
 import dataclasses
-import math
 import logging
+import math
+import numbers
+import types
+import typing
 from typing import Any, Mapping
 
 import torch
@@ -268,6 +271,7 @@ class DipConfig:
     warm: WarmStart = WarmStart()
 
     def __post_init__(self) -> None:
+        require(0 <= self.seed < 2**32, f"seed {self.seed}: must be in [0, 2**32)")
         require(not (self.speed.cuda_graph and self.fit.input_jitter), "cuda_graph does not combine with input_jitter")
         require(self.fit.start == "none" or self.validation.folds == 1,
                 "a classical start is solved on one fit set: it does not combine with held-out folds > 1")
@@ -329,8 +333,35 @@ class DipConfig:
             unknown = set(kw) - {f.name for f in dataclasses.fields(obj)}
             if unknown:
                 raise ValueError(f"unknown {section} setting(s): {', '.join(sorted(unknown))}")
+            for name, value in kw.items():
+                check_type(f"{section}.{name}", value, typing.get_type_hints(type(obj))[name])
             top[section] = dataclasses.replace(obj, **kw)
         unknown = set(top) - {f.name for f in dataclasses.fields(self)}
         if unknown:
             raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        hints = typing.get_type_hints(DipConfig)
+        for name, value in top.items():
+            if name not in nested:
+                check_type(name, value, hints[name])
         return dataclasses.replace(self, **top)
+
+
+def check_type(key: str, value: Any, hint: Any) -> None:
+    """Raise ``ValueError`` naming ``key`` unless ``value`` has the declared type ``hint``
+    (``int`` excludes ``bool``; a ``float`` takes an ``int``; ``X | None`` takes ``None``; a
+    settings section takes only its own object). Hints it cannot check pass."""
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return
+        hint = next((a for a in args if a is not type(None)), hint)
+    ok = {int: lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+          bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str)}.get(hint)
+    if ok is None and dataclasses.is_dataclass(hint):
+        ok = lambda v: isinstance(v, hint)  # noqa: E731
+        if not ok(value):
+            raise ValueError(f"{key}: expected a {hint.__name__} (or '{key}.<field>' settings), "
+                             f"got {type(value).__name__} {value!r}")
+    if ok is not None and not ok(value):
+        raise ValueError(f"{key}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__} {value!r}")

@@ -8,6 +8,7 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from oes_mri.errors import InputError
 from oes_mri.physics.coils import CoilMaps, estimate_maps
 from oes_mri.physics.fft import center_crop, crop_readout
 from oes_mri.physics.masks import SamplingMask
@@ -54,13 +55,60 @@ def measure(kspace: torch.Tensor, smask: SamplingMask, recon_size: tuple[int, in
     if readout not in READOUTS:
         raise ValueError(f"readout {readout!r}: expected one of {', '.join(READOUTS)}")
     rows = recon_size[0]
+    check_measurement(kspace, smask, source)
     crop = readout == "crop" and smask.mask.shape[0] == 1 and kspace.shape[-2] > rows
     mask = smask.mask.to(kspace.device)
     y = kspace * mask + 0.0
     if maps is None:
+        if min(smask.acs_width, smask.acs_height) < 2:
+            _refuse(source, f"mask has {min(smask.acs_width, smask.acs_height)} calibration line(s): ESPIRiT needs a "
+                            "fully sampled centre of at least 2 (give maps, or a mask with centre lines)")
         maps = estimate_maps(y, smask, source=source).maps
     elif callable(maps):
         maps = maps(y).maps
+    else:
+        check_maps(maps, kspace, source)
     if crop:
         y, maps = crop_readout(y, rows), center_crop(maps, (rows, maps.shape[-1]))
     return SliceData(y, mask, maps.to(kspace.device), tuple(recon_size), source)
+
+
+def _refuse(source: str, problem: str) -> None:
+    raise InputError(source or None, problem)
+
+
+def check_measurement(kspace: torch.Tensor, smask: SamplingMask, source: str = "") -> None:
+    """The gate every entry passes (a file read by the CLI, arrays given to
+    :func:`oes_mri.reconstruct`, the deepinv adapter's physics): k-space ``(C, H, W)`` complex,
+    finite and not all zero where it is measured; a sampling mask made for the same grid.
+
+    Raises:
+        InputError: naming the argument and what is wrong (``source``: the file and slice).
+    """
+    if kspace.ndim != 3 or not kspace.is_complex():
+        _refuse(source, f"kspace must be complex (coils, H, W), got {tuple(kspace.shape)} {kspace.dtype}")
+    H, W = kspace.shape[-2:]
+    m = smask.mask
+    if m.ndim != 2 or m.shape[-1] != W or m.shape[0] not in (1, H) or (m.shape[0] == 1 and smask.acs[0].stop != H):
+        grid = (smask.acs[0].stop, m.shape[-1]) if m.shape[0] == 1 else tuple(m.shape)
+        _refuse(source, f"mask was made for a {grid[0]}x{grid[1]} grid, the k-space is {H}x{W}")
+    measured = kspace * m.to(kspace.device).bool()
+    if not torch.isfinite(kspace).all():
+        where = "measured" if not torch.isfinite(measured).all() else "unmeasured"
+        _refuse(source, f"kspace holds NaN or Inf values (at {where} samples)")
+    if not bool(measured.abs().amax() > 0):
+        _refuse(source, "kspace is zero at every measured sample")
+
+
+def check_maps(maps: torch.Tensor, kspace: torch.Tensor, source: str = "") -> None:
+    """Given coil maps: complex ``(C, H, W)`` on the k-space's grid, finite, not all zero.
+
+    Raises:
+        InputError: naming ``maps`` and what is wrong.
+    """
+    if tuple(maps.shape) != tuple(kspace.shape):
+        _refuse(source, f"maps must be (coils, H, W) = {tuple(kspace.shape)} like the k-space, got {tuple(maps.shape)}")
+    if not torch.isfinite(maps).all():
+        _refuse(source, "maps hold NaN or Inf values")
+    if not bool(maps.abs().amax() > 0):
+        _refuse(source, "maps are zero everywhere")
