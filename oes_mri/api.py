@@ -76,7 +76,11 @@ def resolve(method: str | Reconstructor | None, device: torch.device | str, tune
     dip, own = _dip_settings(settings)
     graph = dip.pop("speed.cuda_graph", None)
     cfg = DipConfig().updated(dip).on_device(device, graph)
-    return make(method or default_methods(device, cfg.arch.name)[0], cfg, tune, **own)
+    rec = make(default_methods(device, cfg.arch.name)[0] if method is None else method, cfg, tune, **own)
+    unused = sorted(k for k in dip if not rec.uses(k))
+    if unused:
+        raise ValueError(f"method {rec.name!r} does not use the setting(s) {', '.join(unused)}")
+    return rec
 
 
 def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarray | torch.Tensor,

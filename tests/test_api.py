@@ -215,3 +215,29 @@ def test_api_gates_its_arrays_like_a_file(sample_slice):
             oes_mri.reconstruct(kk, m, "sense", recon_size=rs, **extra)
         assert "\n" not in str(err.value)
     assert np.isfinite(maps.image).all()
+
+
+def test_settings_a_method_does_not_use_are_refused():
+    """Third round, items 7 and 14 (in part): generator settings given to a classical method,
+    pruning settings to dense DIP, a weight mask to a channel-pruned method (or the reverse),
+    and an empty method name are errors naming them, not silently dropped; ``all`` combines."""
+    from oes_mri.api import resolve
+    from oes_mri.methods import METHODS, parse_methods
+    from oes_mri.pruning import bank
+    from oes_mri.pruning.weightmask import WeightMask
+
+    with pytest.raises(ValueError, match=r"'sense' does not use the setting\(s\) fit.lr, fit.steps"):
+        resolve("sense", "cpu", steps=5, lr=5.0)
+    with pytest.raises(ValueError, match=r"'dip' does not use the setting\(s\) pruning.density"):
+        resolve("dip", "cpu", density=0.5)
+    assert resolve("sense", "cpu", holdout=0.2).validation.share == 0.2          # the split it does use
+    with pytest.raises(ValueError, match="unknown method ''"):
+        resolve("", "cpu")
+    assert parse_methods("all,zf") == list(METHODS)
+    channel = bank.load(bank.names()[0])
+    weights = WeightMask({n: torch.ones(1, dtype=torch.bool) for n in ("a",)}, {"method": "oes"})
+    with pytest.raises(ValueError, match="weight mask .* does not fit method 'random-channels'"):
+        resolve("random-channels", "cpu").check_mask(weights)
+    with pytest.raises(ValueError, match="channel mask .* does not fit method 'oes'"):
+        resolve("oes", "cpu").check_mask(channel)
+    resolve("oes-channels", "cpu").check_mask(channel)

@@ -169,8 +169,11 @@ class VolumeData:
                                               f"not {arch.to_dict()}")
         try:
             wm.check_fits(build_generator(arch, (64, 64), int(wm.meta.get("num_images", 1))), cfg.pruning_mask)
+            cfg.method(cfg.mask_method).check_mask(wm)
         except InputError as err:
             raise InputError(cfg.pruning_mask, f"--pruning-mask: {err.problem}") from None
+        except ValueError as err:
+            raise InputError(cfg.pruning_mask, f"--pruning-mask: {err}") from None
         return wm
 
     def learn_mask(self, progress: Progress | None = None) -> tuple[WeightMask, SliceResult]:

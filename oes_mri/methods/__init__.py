@@ -89,10 +89,10 @@ def make(name: str, dip: DipConfig | None = None, tune: bool = True, **settings:
 
 
 def parse_methods(spec: str) -> list[str]:
-    """``"oes,sense,zf"`` or ``"all"`` -> method names (validated, order kept)."""
-    names = list(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))   # once each, order kept
-    if names == ["all"]:
-        return list(METHODS)
+    """``"oes,sense,zf"``, ``"all"`` or ``"all,zf"`` -> method names (validated, once each,
+    order kept)."""
+    names = [m.strip() for m in spec.split(",") if m.strip()]
+    names = list(dict.fromkeys(n for m in names for n in (METHODS if m == "all" else (m,))))   # once each, in order
     bad = [m for m in names if m not in METHODS]
     if bad or not names:
         raise ValueError(f"unknown method(s) {', '.join(bad) or '(none)'}; choose from "

@@ -95,6 +95,11 @@ class Reconstructor:
         a pruning mask per volume, one mask is shared by every slice (``shared_mask``)."""
         return self.warm_startable and (shared_mask or not self.volume_mask)
 
+    def uses(self, key: str) -> bool:
+        """Whether the shared generator setting ``key`` (``"fit.steps"``, ``"seed"``) changes
+        this method's output: a solver reads only the held-out split (``validation.*``, ``seed``)."""
+        return key.partition(".")[0] in ("validation", "seed")
+
     def fingerprint(self) -> dict:
         """The settings its output depends on (checked when a run resumes)."""
         return json_safe(dataclasses.asdict(self)) if dataclasses.is_dataclass(self) else {}

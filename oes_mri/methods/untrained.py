@@ -10,7 +10,9 @@ import time
 from typing import Sequence
 
 from oes_mri.methods.base import Progress, Reconstruction, Reconstructor, Score, final_image
+from oes_mri.defaults import generator_kind
 from oes_mri.errors import require
+from oes_mri.pruning.channels import is_channel_mask
 from oes_mri.pruning.config import PRUNINGS
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.fit.config import DipConfig
@@ -54,6 +56,8 @@ class Untrained(Reconstructor):
     def reconstruct_batch(self, xs: Sequence[SliceData], *, weight_mask: WeightMask | None = None,
                           progress: Progress | None = None, scores: Sequence[Score | None] | None = None,
                           inits: Sequence[Weights | None] | None = None) -> list[Reconstruction]:
+        if weight_mask is not None:
+            self.check_mask(weight_mask)
         scores = list(scores) if scores is not None else [None] * len(xs)
         monitors = [None if sc is None else _monitor(x, sc) for x, sc in zip(xs, scores)]
         starts = [self.start(x) for x in xs]
@@ -66,6 +70,27 @@ class Untrained(Reconstructor):
         return [Reconstruction(final_image(x, o.coil_images), o.coil_images, o.image,
                                {**o.history, **({"start_lambda": s[1], "start_seconds": s[2]} if s else {})},
                                o.weight_mask, o.weights) for x, o, s in zip(xs, outs, starts)]
+
+    def uses(self, key: str) -> bool:
+        """Every generator setting, but pruning for dense DIP and OES's mask learning for a
+        method that does not learn a mask by OES."""
+        section, pruning = key.partition(".")[0], self.config.pruning.method
+        if section == "pruning":
+            return pruning != "dense"
+        return section != "oes" or pruning in ("oes", "oes-channels")
+
+    def check_mask(self, wm: WeightMask) -> None:
+        """A given pruning mask must be of the kind this method prunes with: a channel mask for
+        the channel-pruned generators, a weight mask for the others.
+
+        Raises:
+            ValueError: the kinds differ (the mask's own method named).
+        """
+        channels = generator_kind(self.config.pruning.method) == "channels"
+        if not self.volume_mask or is_channel_mask(wm) != channels:
+            raise ValueError(f"a {'channel' if is_channel_mask(wm) else 'weight'} mask (made by "
+                             f"{wm.meta.get('method', 'an unknown method')}) does not fit method {self.name!r}"
+                             f"{'' if self.volume_mask else ', which makes its own mask per slice'}")
 
     def start(self, x: SliceData) -> tuple | None:
         """``(image, lambda, seconds)`` of the classical start (``config.fit.start``), or ``None``."""
