@@ -52,3 +52,27 @@ def test_adapter_returns_the_toolkits_image(method, settings):
     ref = oes_mri.reconstruct(k, mask, method, maps, readout="full", **settings).image
     assert x_hat.shape == (1, 1, H, W)
     np.testing.assert_array_equal(x_hat[0, 0].numpy(), ref)
+
+
+def test_adapter_checks_its_physics_and_y():
+    """Third round, items 9 and 13: masks for fewer items than ``y`` are refused (item 2 used
+    item 1's mask); ``y`` that requires grad is reconstructed; a single-coil ``MRI`` is refused
+    in one line naming the physics."""
+    from oes_mri.interop.deepinv import DeepinvReconstructor
+
+    C, H, W = 4, 32, 32
+    img = torch.zeros(H, W, dtype=torch.complex64)
+    img[8:24, 10:22] = 1.0
+    maps = _rand(C, H, W, seed=1) * 0.3 + 1.0
+    masks = torch.stack([torch.broadcast_to(fastmri_mask((H, W), 4, seed=s).mask, (H, W)) for s in (2, 3)])[:, None]
+    physics = deepinv.physics.MultiCoilMRI(mask=masks, coil_maps=maps)
+    y = physics.A(_real(img).expand(2, -1, -1, -1).clone())
+    assert y.shape[0] == 2
+    zf = DeepinvReconstructor("zf")
+    with pytest.raises(ValueError, match="physics.mask has batch 2, y has 3"):
+        zf(torch.cat([y, y[:1]]), physics)
+    out = zf(y.clone().requires_grad_(True), physics)
+    assert out.shape == (2, 1, H, W) and not torch.equal(out[0], out[1])      # each item its own mask
+    single = deepinv.physics.MRI(mask=masks[:1], img_size=(H, W))
+    with pytest.raises(ValueError, match="no coil maps; use deepinv.physics.MultiCoilMRI"):
+        zf(y, single)

@@ -25,10 +25,20 @@ from oes_mri.api import reconstruct
 from oes_mri.methods import Reconstructor
 
 
-def physics_tensors(physics: MultiCoilMRI, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batch item ``b``'s sampling mask ``(H, W)`` and complex coil maps ``(N, H, W)``."""
+def physics_tensors(physics: MultiCoilMRI, b: int, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch item ``b``'s sampling mask ``(H, W)`` and complex coil maps ``(N, H, W)`` (a mask or
+    maps of batch 1 serve every item).
+
+    Raises:
+        ValueError: a single-coil physics, or masks or maps for another batch size than ``batch``.
+    """
+    if not hasattr(physics, "coil_maps"):
+        raise ValueError(f"physics: {type(physics).__name__} has no coil maps; use deepinv.physics.MultiCoilMRI")
     mask, maps = physics.mask, physics.coil_maps
-    return mask[min(b, mask.shape[0] - 1), 0], maps[min(b, maps.shape[0] - 1)]
+    for name, t in (("mask", mask), ("coil_maps", maps)):
+        if t.shape[0] not in (1, batch):
+            raise ValueError(f"physics.{name} has batch {t.shape[0]}, y has {batch}: give one per item or one for all")
+    return mask[b if mask.shape[0] > 1 else 0, 0], maps[b if maps.shape[0] > 1 else 0]
 
 
 class DeepinvReconstructor(_DeepinvReconstructor):
@@ -50,9 +60,10 @@ class DeepinvReconstructor(_DeepinvReconstructor):
         """``(B, 2, N, H, W)`` k-space -> ``(B, 1, rH, rW)`` magnitude images."""
         if y.ndim != 5 or y.shape[1] != 2:
             raise ValueError(f"y must be deepinv's 2-D multi-coil k-space (B, 2, N, H, W), got {tuple(y.shape)}")
+        y = y.detach()                       # a fit of its own: no gradient flows through the reconstruction
         images = []
         for b in range(y.shape[0]):
-            mask, maps = physics_tensors(physics, b)
+            mask, maps = physics_tensors(physics, b, y.shape[0])
             out = reconstruct(torch.complex(y[b, 0], y[b, 1]), mask, self.method, maps, recon_size=self.recon_size,
                               readout="full", **self.settings)
             images.append(torch.from_numpy(out.image))
