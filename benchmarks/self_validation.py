@@ -36,7 +36,6 @@ from replay import replay as replay_rule  # noqa: E402
 
 from oes_mri.methods import LAMBDA_FACTORS, make  # noqa: E402
 from oes_mri.physics.operator import MultiCoilOp  # noqa: E402
-from oes_mri.fit.stopping import ValidationStop  # noqa: E402
 from oes_mri.fit.jobs import DipConfig, ValidationConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
