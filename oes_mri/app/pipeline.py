@@ -187,6 +187,8 @@ class VolumeRun(VolumeData):
         write_reconstruction(self.final_path(method), recon)      # rebuilt: the slice set may have changed
         if self.cfg.nifti:
             write_nifti(self.final_path(method, NIFTI), recon, self.info.voxel_size)
+        else:                          # an earlier run's NIfTI no longer describes the rebuilt .h5
+            self.final_path(method, NIFTI).unlink(missing_ok=True)
         seconds = float(sum(ck["seconds"] for ck in cks))
         steps = [int(ck["steps"][0]) for ck in cks if ck["steps"].size]
         lambdas = [float(ck["lamda"][0]) for ck in cks if ck["lamda"].size]

@@ -434,3 +434,16 @@ def test_36_08_12_evaluate_scores_a_complex_prediction_by_magnitude_and_refuses_
     assert evaluate_main(["--target", str(targets), "--pred", str(preds)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert any("x.h5" in line and "group" in line for line in err) and not any("Traceback" in e for e in err)
+
+
+def test_36_05_no_stale_nifti_beside_a_rebuilt_output(tiny_file, tmp_path, capsys):
+    """Third round, item 5: ``--slices 0 --save nifti``, then ``--slices 0:2`` without
+    ``--save nifti``: the rebuilt ``.h5`` has 2 slices and no 1-slice NIfTI stays beside it."""
+    out = tmp_path / "out"
+    assert _run(capsys, "--data", str(tiny_file), "--out", str(out), "--slices", "0", "--save", "nifti", *ZF)[0] == 0
+    nifti = out / "zf" / f"{tiny_file.stem}.nii.gz"
+    assert nifti.exists()
+    assert _run(capsys, "--data", str(tiny_file), "--out", str(out), "--slices", "0:2", *ZF)[0] == 0
+    with h5py.File(out / "zf" / tiny_file.name) as f:
+        assert f["reconstruction"].shape[0] == 2
+    assert not nifti.exists()
