@@ -51,10 +51,12 @@ class VolumeRun(VolumeData):
 
     def fingerprint(self, method: str) -> dict:
         """The run's settings for ``method`` plus what this volume adds: the input file's
-        identity, and for a volume-learned OES mask the slice it is learned on."""
+        identity, and the reference slice where the output depends on it: a volume-learned
+        pruning mask is learned there, and a chain (dense DIP too) starts there."""
         fp = dict(self.cfg.fingerprint(method), input=file_identity(self.info.path),
                   center_fraction=self.cfg.sampling.center_fraction_of(self.info, self.smask))   # given = default
-        if method == self.cfg.mask_method and self.cfg.prune_per == "volume" and self.cfg.pruning_mask is None:
+        learned = method == self.cfg.mask_method and self.cfg.prune_per == "volume" and self.cfg.pruning_mask is None
+        if learned or self.chained(method):
             fp["reference_slice"] = self.reference_slice
         return fp
 

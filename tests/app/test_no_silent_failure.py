@@ -447,3 +447,17 @@ def test_36_05_no_stale_nifti_beside_a_rebuilt_output(tiny_file, tmp_path, capsy
     with h5py.File(out / "zf" / tiny_file.name) as f:
         assert f["reconstruction"].shape[0] == 2
     assert not nifti.exists()
+
+
+def test_36_06_a_dense_dip_chain_is_not_extended_from_another_reference(tmp_path, capsys):
+    """Third round, item 6: a dense ``dip`` chain over slices 0:3, then 0:5 into the same
+    ``--out``: the chain's reference slice moved, so the earlier slices are not reused (they
+    differed from a fresh run); the run is refused like the pruned methods' (``--overwrite``)."""
+    from oes_mri.data.sample import sample_volume_path
+
+    vol = sample_volume_path(5, 32, 4)
+    args = ["--data", str(vol), "--methods", "dip", *TINY, "--no-figures", "--quiet", "--out", str(tmp_path / "o")]
+    assert _run(capsys, *args, "--slices", "0:3")[0] == 0
+    rc, err = _run(capsys, *args, "--slices", "0:5")
+    assert rc == 2 and "other settings" in err
+    assert _run(capsys, *args, "--slices", "0:5", "--overwrite")[0] == 0
