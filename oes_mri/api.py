@@ -133,12 +133,7 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
     rec = resolve(method, k.device, tune, **settings)
     given = None if maps is None else _as_tensor(maps, k.device).to(torch.complex64)
     x = measure(k, smask, tuple(recon_size or shape), readout, given)
-    wm = None
-    if pruning_mask is not None:
-        if not getattr(rec, "volume_mask", False):
-            raise ValueError(f"pruning_mask: method {rec.name!r} does not take a pruning mask "
-                             "(oes, oes-channels and random-channels do)")
-        wm = pruning_mask if isinstance(pruning_mask, WeightMask) else bank.load_file(pruning_mask)
+    wm = pruning_mask if pruning_mask is None or isinstance(pruning_mask, WeightMask) else bank.load_file(pruning_mask)
     return rec.reconstruct(x.kspace, MultiCoilOp(x.mask, x.maps, x.recon_size), progress=progress, weight_mask=wm)
 
 

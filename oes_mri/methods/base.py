@@ -126,7 +126,18 @@ class Reconstructor:
                           progress: Progress | None = None, scores: Sequence[Score | None] | None = None,
                           inits: Sequence[Weights | None] | None = None) -> list[Reconstruction]:
         """Reconstruct several slices of one size (untrained generators fit them together)."""
+        if weight_mask is not None:
+            self.check_mask(weight_mask)
         return [self._one(x) for x in xs]
+
+    def check_mask(self, wm: WeightMask) -> None:
+        """A given pruning mask fits this method (a method without a generator takes none).
+
+        Raises:
+            ValueError: it does not (naming the method).
+        """
+        raise ValueError(f"method {self.name!r} does not take a pruning mask (oes, oes-channels and "
+                         "random-channels do)")
 
     def _one(self, x: SliceData) -> Reconstruction:
         raise NotImplementedError
