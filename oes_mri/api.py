@@ -131,6 +131,10 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
         raise ValueError(f"recon_size must be a pair of positive ints (rH, rW), got {recon_size!r}")
     smask = mask if isinstance(mask, SamplingMask) else _sampling_mask(mask, shape)
     rec = resolve(method, k.device, tune, **settings)
+    fixed = bank.unused_with_mask(_dip_settings(settings)[0]) if pruning_mask is not None else []
+    if fixed:
+        raise ValueError(f"pruning_mask fixes what is kept; the setting(s) {', '.join(fixed)} would not be used: "
+                         "drop them or the mask")
     given = None if maps is None else _as_tensor(maps, k.device).to(torch.complex64)
     x = measure(k, smask, tuple(recon_size or shape), readout, given)
     wm = pruning_mask if pruning_mask is None or isinstance(pruning_mask, WeightMask) else bank.load_file(pruning_mask)

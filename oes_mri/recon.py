@@ -34,7 +34,7 @@ outputs (under --out):
   <method>/<input stem>.h5     fastMRI submission format: dataset 'reconstruction',
                                float32 [slices, rH, rW], on the target's intensity scale
   <method>/<input stem>.nii.gz with --save nifti: the same volume for image viewers
-  metrics.json, metrics.csv    one record per (volume, method): file, method, acceleration
+  metrics.json, metrics.csv    one record per output file: file, method, output, acceleration
                                (realised), center_fraction, slices, nmse, psnr, ssim
                                (fastMRI definitions, null without a target), seconds, device
   figures/                     comparison grid, PSNR-vs-step curves, sampling mask per volume
@@ -216,6 +216,19 @@ def resolve_device(spec: str, remote: bool = False) -> str:
     return spec
 
 
+def changed_settings(args: argparse.Namespace) -> dict[str, str]:
+    """``{"section.field": flag}`` of the pruning and OES settings given away from their
+    defaults (what a given ``--pruning-mask`` may leave unused)."""
+    from oes_mri.fit.config import OesConfig, PruningConfig
+
+    flags = {"pruning.density": ("--density", args.density, None),
+             "pruning.steps": ("--prune-steps", args.prune_steps, None),
+             "pruning.allocation": ("--allocation", args.allocation, PruningConfig.allocation),
+             "oes.init": ("--oes-init", args.oes_init, OesConfig.init),
+             "oes.estimator": ("--oes-estimator", args.oes_estimator, OesConfig.estimator)}
+    return {key: flag for key, (flag, value, default) in flags.items() if value != default}
+
+
 def make_config(args: argparse.Namespace):
     """Validate the options and build a :class:`oes_mri.app.volume.RunConfig`."""
     from oes_mri.data.sample import sample_path
@@ -248,6 +261,11 @@ def make_config(args: argparse.Namespace):
     if args.pruning_mask is not None:
         from oes_mri.pruning import bank
 
+        changed = changed_settings(args)
+        given = [changed[k] for k in bank.unused_with_mask(changed)]
+        if given:
+            raise InputError(None, f"{' '.join(given)} with --pruning-mask: the mask fixes what is kept and how it "
+                                   "was made, so these flags would not be used; drop them or the mask")
         try:
             bank.load_file(args.pruning_mask)  # readable, else a clear error now
         except InputError as err:

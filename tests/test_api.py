@@ -241,3 +241,13 @@ def test_settings_a_method_does_not_use_are_refused():
     with pytest.raises(ValueError, match="channel mask .* does not fit method 'oes'"):
         resolve("oes", "cpu").check_mask(channel)
     resolve("oes-channels", "cpu").check_mask(channel)
+
+
+@pytest.mark.parametrize("name,value,key", [("density", 0.5, "pruning.density"), ("pruning.steps", 10, "pruning.steps"),
+                                            ("oes.init", "density", "oes.init")])
+def test_settings_a_given_mask_leaves_unused_are_refused(sample_slice, name, value, key):
+    """Item 7: what is kept and how a mask is made cannot be set beside a given mask."""
+    k, m, rs = sample_slice
+    with pytest.raises(ValueError, match=f"pruning_mask fixes what is kept; the setting\\(s\\) {key} "):
+        oes_mri.reconstruct(k, m, "oes-channels", recon_size=rs, pruning_mask="bank:channels25", steps=1,
+                            **{name: value})

@@ -32,7 +32,7 @@ from oes_mri.app.progress import Progress
 from oes_mri.app.volume import RunConfig, VolumeData, Warm
 from oes_mri.pruning.weightmask import WeightMask
 from oes_mri.app.storage import (SliceResult, load_checkpoint, load_weights, out_lock, read_json, save_checkpoint,
-                             save_weights, valid_checkpoint, write_metrics)
+                             output_stem, save_weights, valid_checkpoint, write_metrics)
 
 log = logging.getLogger("oes_mri")
 
@@ -201,7 +201,8 @@ class VolumeRun(VolumeData):
         if target is not None:
             nmse, psnr, ssim = volume_metrics(target, recon)
         cf = self.cfg.sampling.center_fraction_of(self.info, self.smask)
-        return {"file": str(self.info.path), "method": method, "acceleration": self.smask.acceleration,
+        return {"file": str(self.info.path), "method": method,
+                "output": self.final_path(method).relative_to(self.cfg.out).as_posix(), "acceleration": self.smask.acceleration,
                 "center_fraction": cf, "slices": len(self.indices), "nmse": nmse, "psnr": psnr, "ssim": ssim,
                 "seconds": seconds, "steps": steps or None,
                 "lambda": lambdas or None, "device": str(self.device), "fast_path": ",".join(paths) or None,
@@ -227,13 +228,6 @@ def file_error(path: Path, err: BaseException) -> InputError:
         return err
     first = first_line(err)
     return InputError(path, first if first == type(err).__name__ else f"{type(err).__name__}: {first}")
-
-
-def output_stem(path: Path) -> str:
-    """The name a volume's outputs take: the file's stem for ``.h5``, else its whole name with
-    the dots as underscores (``vol.dat`` -> ``vol_dat``), so inputs that differ only in their
-    extension never share an output."""
-    return path.stem if path.suffix == ".h5" else path.name.replace(".", "_")
 
 
 def check_output_names(files: list[Path]) -> None:

@@ -22,7 +22,7 @@ from oes_mri.errors import InputError
 
 log = logging.getLogger("oes_mri")
 
-RECORD_KEYS = ("file", "method", "acceleration", "center_fraction", "slices", "nmse", "psnr", "ssim",
+RECORD_KEYS = ("file", "method", "output", "acceleration", "center_fraction", "slices", "nmse", "psnr", "ssim",
                "seconds", "steps", "lambda", "device", "fast_path", "stop", "heldout_informative", "pruning_mask")
 
 
@@ -132,14 +132,29 @@ def read_json(path: Path):
         raise InputError(path, f"unreadable ({type(err).__name__}); remove it or use another --out")
 
 
+def record_output(record: dict) -> str:
+    """The output file a metric record describes, relative to the run's folder
+    (``<method>/<stem>.h5``; a record written before the field existed: from its input file)."""
+    return record.get("output") or f"{record['method']}/{output_stem(Path(record['file']))}.h5"
+
+
+def output_stem(path: Path) -> str:
+    """The name a volume's outputs take: the file's stem for ``.h5``, else its whole name with
+    the dots as underscores (``vol.dat`` -> ``vol_dat``), so inputs that differ only in their
+    extension never share an output."""
+    return path.stem if path.suffix == ".h5" else path.name.replace(".", "_")
+
+
 def write_metrics(out: Path, records: list[dict]) -> list[dict]:
-    """Merge ``records`` into ``metrics.json`` / ``metrics.csv`` (same file+method replaced)."""
+    """Merge ``records`` into ``metrics.json`` / ``metrics.csv``: a record replaces the one that
+    describes the same output file (:func:`record_output`), whatever spelling of the input
+    made either, and a record whose output file is gone is dropped."""
     path = out / "metrics.json"
     old = read_json(path) if path.exists() else []
     if not isinstance(old, list) or not all(isinstance(r, dict) and {"file", "method"} <= r.keys() for r in old):
         raise InputError(path, "is not a list of metric records; remove it or use another --out")
-    keys = {(r["file"], r["method"]) for r in records}
-    merged = [r for r in old if (r["file"], r["method"]) not in keys] + records
+    keys = {record_output(r) for r in records}
+    merged = [r for r in old if record_output(r) not in keys and (out / record_output(r)).exists()] + records
     merged = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()}
               for r in merged]                                     # strict JSON: no Infinity / NaN, old rows too
     atomic_write_bytes(path, json.dumps(merged, indent=2, allow_nan=False).encode())

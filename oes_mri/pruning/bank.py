@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Iterable
 from pathlib import Path
 
 import torch
@@ -127,3 +128,13 @@ def is_pattern(wm: WeightMask | None) -> bool:
     """The mask is a pattern for any init (a bank mask): the generator starts from the run's
     seed, not from the init the mask was learned with."""
     return wm is not None and bool(wm.meta.get("pattern_only"))
+
+
+def unused_with_mask(keys: Iterable[str]) -> list[str]:
+    """The settings among ``keys`` (``"section.field"``) that a given pruning mask leaves
+    unused: what is kept and how a mask is made (``pruning.*`` but the method, ``oes.*``).
+
+    >>> unused_with_mask(["pruning.density", "fit.steps", "oes.init", "pruning.method"])
+    ['pruning.density', 'oes.init']
+    """
+    return [k for k in keys if k.startswith("oes.") or (k.startswith("pruning.") and k != "pruning.method")]

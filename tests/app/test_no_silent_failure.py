@@ -33,6 +33,10 @@ def _run(capsys, *args) -> tuple[int, str]:
     ("15_seed_negative", ["--seed", "-1"], "--seed"),
     ("15_seed_beyond_2_64", ["--seed", str(2**64 + 1)], "--seed"),
     ("16_poisson_accel_1", ["--sampling", "poisson", "--accel", "1"], "--sampling poisson"),
+    ("36_7_density_with_mask", ["--methods", "oes-channels", "--density", "0.9", "--pruning-mask",
+                                "bank:channels25"], "--density with --pruning-mask"),
+    ("36_7_prune_steps_with_mask", ["--methods", "oes-channels", "--prune-steps", "9", "--pruning-mask",
+                                    "bank:channels25"], "--prune-steps with --pruning-mask"),
 ])
 def test_settings_that_cannot_make_a_measurement_exit_2(tiny_file, tmp_path, capsys, defect, args, flag):
     rc, err = _run(capsys, "--data", str(tiny_file), "--out", str(tmp_path), *ZF, *args)
@@ -164,10 +168,33 @@ def test_20_metrics_json_holding_nan_is_rewritten(tiny_file, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.json").write_text('[{"file": "old.h5", "method": "zf", "psnr": NaN}]')
+    (out / "zf").mkdir()
+    (out / "zf" / "old.h5").touch()                  # the record's output exists: it is kept
     rc, err = _run(capsys, "--data", str(tiny_file), "--out", str(out), *ZF)
     assert rc == 0, err
     recs = json.loads((out / "metrics.json").read_text())
     assert {r["file"].split("/")[-1] for r in recs} == {"old.h5", "tiny_vol.h5"} and recs[0]["psnr"] is None
+
+
+def test_36_4_metric_records_follow_the_output_files(tiny_file, tmp_path, capsys, monkeypatch):
+    """One record per output file, whatever spelling of the input made it; a record whose
+    output is gone is dropped (issue 36, item 4)."""
+    monkeypatch.chdir(tiny_file.parent)
+    out = tmp_path / "out"
+    assert _run(capsys, "--data", str(tiny_file), "--out", str(out), *ZF)[0] == 0
+    assert _run(capsys, "--data", tiny_file.name, "--slices", "1", "--out", str(out), *ZF)[0] == 0
+    recs = json.loads((out / "metrics.json").read_text())
+    assert [(r["output"], r["slices"]) for r in recs] == [(f"zf/{tiny_file.stem}.h5", 1)]
+    with h5py.File(out / "zf" / f"{tiny_file.stem}.h5") as f:
+        assert f["reconstruction"].shape[0] == 1
+    other = tmp_path / "b" / tiny_file.name                  # another file of the same name
+    other.parent.mkdir()
+    shutil.copy(tiny_file, other)
+    assert _run(capsys, "--data", str(other), "--out", str(out), "--overwrite", *ZF)[0] == 0
+    recs = json.loads((out / "metrics.json").read_text())
+    assert [r["file"] for r in recs] == [str(other)]
+    csv_rows = (out / "metrics.csv").read_text().splitlines()
+    assert len(csv_rows) == 2 and csv_rows[1].startswith(f"{other},zf,zf/{tiny_file.stem}.h5,")
 
 
 def test_23_wrong_pruning_mask_names_the_flag_and_file(tiny_file, tmp_path, capsys):
