@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from oes_mri.data.fastmri_io import dataset
 from oes_mri.data.volumes import list_volumes
 from oes_mri.errors import InputError
 from oes_mri.metrics import VolumeMetrics, scorable, volume_metrics
@@ -35,9 +36,7 @@ def _read(path: Path, keys: tuple[str, ...]) -> np.ndarray:
         with h5py.File(path, "r") as hf:
             for k in keys:
                 if k in hf:
-                    if not isinstance(hf[k], h5py.Dataset):
-                        raise InputError(path, f"'{k}' is an HDF5 group, not an image array")
-                    data = hf[k][()]
+                    data = dataset(hf, k, path)[()]
                     break
             else:
                 raise InputError(path, f"has none of the datasets {', '.join(keys)}")

@@ -135,7 +135,7 @@ def _parse_header(path: Path, hf: h5py.File, shape: tuple[int, int],
         recon = target_shape or shape
         return Header(shape, recon, 0, shape[1]), None
     try:
-        root = etree.fromstring(hf["ismrmrd_header"][()])
+        root = etree.fromstring(dataset(hf, "ismrmrd_header", path)[()])
         enc = ["encoding", "encodedSpace", "matrixSize"]
         rec = ["encoding", "reconSpace", "matrixSize"]
         lims = ["encoding", "encodingLimits", "kspace_encoding_step_1"]
@@ -164,6 +164,19 @@ def _voxel_size(root: etree.Element, recon: tuple[int, int]) -> tuple[float, flo
     return (x / recon[0], y / recon[1], z) if min(x, y, z) > 0 else None
 
 
+def dataset(hf: h5py.File, key: str, path: Path) -> h5py.Dataset:
+    """``hf[key]`` when it is an array (a dataset).
+
+    Raises:
+        InputError: it is an HDF5 group (or another kind of object), naming ``path`` and ``key``.
+    """
+    obj = hf[key]
+    if not isinstance(obj, h5py.Dataset):
+        raise InputError(path, f"'{key}' is an HDF5 {'group' if isinstance(obj, h5py.Group) else type(obj).__name__}, "
+                               "not an array")
+    return obj
+
+
 def read_fastmri_info(path: str | os.PathLike, challenge: str | None = None) -> VolumeInfo:
     """Read a fastMRI file's layout, header and mask without loading k-space.
 
@@ -178,7 +191,7 @@ def read_fastmri_info(path: str | os.PathLike, challenge: str | None = None) -> 
     with _open(path) as hf:
         if "kspace" not in hf:
             raise InputError(path, f"no 'kspace' dataset (found: {', '.join(hf.keys()) or 'none'})")
-        ds = hf["kspace"]
+        ds = dataset(hf, "kspace", path)
         if not np.issubdtype(ds.dtype, np.complexfloating):
             raise InputError(path, f"'kspace' has real dtype {ds.dtype}; complex k-space is required")
         rank = {"multicoil": 4, "singlecoil": 3}
@@ -206,14 +219,14 @@ def read_fastmri_info(path: str | os.PathLike, challenge: str | None = None) -> 
         tkey = TARGET_KEYS[challenge]
         target_shape = None
         if tkey in hf:
-            tshape = hf[tkey].shape
+            tshape = dataset(hf, tkey, path).shape
             if len(tshape) != 3 or tshape[0] != num_slices:
                 raise InputError(path, f"'{tkey}' has shape {tshape}; expected [{num_slices}, rH, rW]")
             target_shape = (int(tshape[1]), int(tshape[2]))
         mask = None
         if "mask" in hf:
             try:
-                mask = mask_from_array(hf["mask"][()], shape, source="mask")
+                mask = mask_from_array(dataset(hf, "mask", path)[()], shape, source="mask")
             except ValueError as err:
                 raise InputError(path, str(err))
         header, voxel = _parse_header(path, hf, shape, target_shape)

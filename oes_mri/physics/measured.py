@@ -59,10 +59,10 @@ def measure(kspace: torch.Tensor, smask: SamplingMask, recon_size: tuple[int, in
     crop = readout == "crop" and smask.mask.shape[0] == 1 and kspace.shape[-2] > rows
     mask = smask.mask.to(kspace.device)
     y = kspace * mask + 0.0
+    if (maps is None or callable(maps)) and min(smask.acs_width, smask.acs_height) < 2:
+        _refuse(source, f"mask has {min(smask.acs_width, smask.acs_height)} calibration line(s): ESPIRiT needs a "
+                        "fully sampled centre of at least 2 (give maps, or a mask with centre lines)")
     if maps is None:
-        if min(smask.acs_width, smask.acs_height) < 2:
-            _refuse(source, f"mask has {min(smask.acs_width, smask.acs_height)} calibration line(s): ESPIRiT needs a "
-                            "fully sampled centre of at least 2 (give maps, or a mask with centre lines)")
         maps = estimate_maps(y, smask, source=source).maps
     elif callable(maps):
         maps = maps(y).maps

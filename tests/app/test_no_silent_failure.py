@@ -176,6 +176,36 @@ def test_20_metrics_json_holding_nan_is_rewritten(tiny_file, tmp_path, capsys):
     assert {r["file"].split("/")[-1] for r in recs} == {"old.h5", "tiny_vol.h5"} and recs[0]["psnr"] is None
 
 
+def _kspace_group(f: h5py.File) -> None:
+    k = f["kspace"][()]
+    del f["kspace"]
+    f.create_group("kspace")["data"] = k
+
+
+def _mask_without_centre(f: h5py.File) -> None:
+    W = f["kspace"].shape[-1]
+    m = np.zeros(W, bool)
+    m[::3] = True
+    m[W // 2 - 3:W // 2 + 3] = False
+    f["kspace"][...] = f["kspace"][()] * m
+    f["mask"] = m
+
+
+@pytest.mark.parametrize("edit,problem", [(_kspace_group, "'kspace' is an HDF5 group, not an array"),
+                                          (_mask_without_centre, "mask has 0 calibration line(s)")])
+def test_36_12_a_file_the_cli_cannot_use_exits_2_naming_it(tiny_file, tmp_path, capsys, edit, problem):
+    """Item 12: a fastMRI file whose 'kspace' is a group, or whose own mask has no centre lines
+    (no ESPIRiT maps), is one line naming the file, exit 2, nothing written."""
+    bad = tmp_path / "bad.h5"
+    shutil.copy(tiny_file, bad)
+    with h5py.File(bad, "a") as f:
+        edit(f)
+    rc, err = _run(capsys, "--data", str(bad), "--out", str(tmp_path / "out"), "--methods", "sense,zf", "--no-figures",
+                   "--quiet")
+    assert rc == 2 and err.startswith("error: ") and "bad.h5" in err and problem in err and len(err.splitlines()) == 1, err
+    assert not list((tmp_path / "out").glob("*/bad.h5"))
+
+
 def test_36_4_metric_records_follow_the_output_files(tiny_file, tmp_path, capsys, monkeypatch):
     """One record per output file, whatever spelling of the input made it; a record whose
     output is gone is dropped (issue 36, item 4)."""
