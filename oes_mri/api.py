@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from oes_mri.methods import Reconstruction, Reconstructor, default_methods, make
+from oes_mri.methods.base import check_image
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.physics.masks import SamplingMask, mask_from_array
 from oes_mri.physics.operator import MultiCoilOp
@@ -138,7 +139,9 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
     given = None if maps is None else _as_tensor(maps, k.device).to(torch.complex64)
     x = measure(k, smask, tuple(recon_size or shape), readout, given)
     wm = pruning_mask if pruning_mask is None or isinstance(pruning_mask, WeightMask) else bank.load_file(pruning_mask)
-    return rec.reconstruct(x.kspace, MultiCoilOp(x.mask, x.maps, x.recon_size), progress=progress, weight_mask=wm)
+    out = rec.reconstruct(x.kspace, MultiCoilOp(x.mask, x.maps, x.recon_size), progress=progress, weight_mask=wm)
+    check_image(out.image, rec.name)
+    return out
 
 
 __all__ = ["reconstruct", "resolve"]

@@ -216,6 +216,11 @@ def resolve_device(spec: str, remote: bool = False) -> str:
     return spec
 
 
+SETTING_FLAGS = {"fit.start": "--start", "validation.folds": "--holdout-folds", "speed.cuda_graph": "--cuda-graph",
+                 "fit.input_jitter": "--input-jitter"}
+"""The flags of the settings that :class:`~oes_mri.fit.config.DipConfig` checks in combination."""
+
+
 def changed_settings(args: argparse.Namespace) -> dict[str, str]:
     """``{"section.field": flag}`` of the pruning and OES settings given away from their
     defaults (what a given ``--pruning-mask`` may leave unused)."""
@@ -312,9 +317,14 @@ def dip_config(args: argparse.Namespace):
         compile=args.compile, amp=args.amp, fast_path=args.fast_path))
     warm = build("--warm-start/--warm-lr/--warm-patience/--warm-steps", lambda: WarmStart(
         enabled=args.warm_start, lr=args.warm_lr, patience=args.warm_patience, steps=args.warm_steps))
-    return build("--cuda-graph/--input-jitter", lambda: DipConfig(
-        arch=ArchConfig(args.arch), seed=args.dip_seed, pruning=pruning, oes=oes, fit=fit, validation=validation,
-        speed=speed, warm=warm))
+    try:
+        return DipConfig(arch=ArchConfig(args.arch), seed=args.dip_seed, pruning=pruning, oes=oes, fit=fit,
+                         validation=validation, speed=speed, warm=warm)
+    except ValueError as err:                 # a combination of sections: named by their flags
+        message = str(err)
+        for key, flag in SETTING_FLAGS.items():
+            message = message.replace(key, flag)
+        raise InputError(None, message) from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -208,7 +208,8 @@ def test_api_gates_its_arrays_like_a_file(sample_slice):
              ((k, smask), {"maps": good[0]}, "maps must be"), ((k, smask), {"maps": good[:, : H // 2]}, "maps must be"),
              ((k, smask), {"maps": good[:2]}, "maps must be"), ((k, smask), {"maps": good * float("nan")}, "NaN"),
              ((k, smask), {"maps": good * 0}, "zero everywhere"), ((nan_unmeasured, smask), {}, "NaN or Inf"),
-             ((k * 0, smask), {}, "zero at every measured"),
+             ((k * 0, smask), {}, "zero at every measured"), ((k * 1e30, smask), {}, "kspace peaks at .*e\\+"),
+             ((k * 1e-30, smask), {}, "kspace peaks at .*e-"),
              ((k, mask_from_array(no_centre[0].numpy(), (H, W), "m")), {}, "calibration line")]
     for (kk, m), extra, match in cases:
         with pytest.raises(InputError, match=match) as err:

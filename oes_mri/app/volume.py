@@ -24,6 +24,7 @@ from oes_mri.errors import InputError
 from oes_mri.data.volumes import parse_slices, read_info
 from oes_mri.fileid import file_identity
 from oes_mri.methods import Reconstruction, Reconstructor, Score, make
+from oes_mri.methods.base import check_image
 from oes_mri.metrics import slice_metrics
 from oes_mri.nets.generator import build_generator
 from oes_mri.physics.coils import MapCache
@@ -98,8 +99,7 @@ def slice_result(method: str, index: int, source: str, res: Reconstruction, seco
                  keep_weights: bool = False) -> SliceResult:
     """What is kept of a method's result on one slice: the final image, curves, steps, lambda
     and, with ``keep_weights`` (a chained method), the fitted weights, on the host."""
-    if not np.isfinite(res.image).all():
-        raise RuntimeError(f"{source}: {method} produced a non-finite image; not written")
+    check_image(res.image, method, source)
     h = res.history
     mon = h.get("monitor", [])
     steps = np.asarray([h["steps"], h["best_step"]] if "steps" in h else [], np.int64)

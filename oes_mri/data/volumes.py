@@ -132,24 +132,32 @@ def parse_slices(spec: str | None, num_slices: int) -> list[int]:
     """``"10:20"``, ``"3"``, ``"0,4,7"`` or ``None`` (all) -> slice indices.
 
     Raises:
-        ValueError: for a malformed or out-of-range spec.
+        ValueError: for a malformed spec, an empty range (``"2:0"``) or an index outside the volume.
     """
     if spec is None or spec in ("", "all", ":"):
         return list(range(num_slices))
+
+    def index(text: str, default: int | None = None) -> int:
+        try:
+            return int(text) if text.strip() or default is None else default
+        except ValueError:
+            raise ValueError(f"slices {spec!r}: use e.g. '10:20', '3' or '0,5,9'") from None
+
     out: list[int] = []
-    try:
-        for part in spec.split(","):
-            if ":" in part:
-                a, b = part.split(":", 1)
-                start = int(a) if a else 0
-                stop = int(b) if b else num_slices
-                out.extend(range(start, min(stop, num_slices)))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise ValueError(f"slices {spec!r}: use e.g. '10:20', '3' or '0,5,9'")
-    if not out or any(i < 0 or i >= num_slices for i in out):
-        raise ValueError(f"slices {spec!r} do not fit a volume of {num_slices} slices")
+    for part in spec.split(","):
+        if ":" not in part:
+            out.append(index(part))
+            continue
+        a, b = part.split(":", 1)
+        start, stop = index(a, 0), index(b, num_slices)
+        if stop <= start:
+            raise ValueError(f"slices {spec!r}: the range {part!r} is empty (a:b selects a to b-1; "
+                             f"{start}:{start + 1} is slice {start})")
+        out.extend(range(start, min(stop, num_slices)))
+    outside = [i for i in out if not 0 <= i < num_slices]
+    if not out or outside:
+        raise ValueError(f"slices {spec!r}: the volume has slices 0 to {num_slices - 1}"
+                         + (f" (asked for {outside[0]})" if outside else " (none selected)"))
     return sorted(set(out))
 
 

@@ -272,9 +272,11 @@ class DipConfig:
 
     def __post_init__(self) -> None:
         require(0 <= self.seed < 2**32, f"seed {self.seed}: must be in [0, 2**32)")
-        require(not (self.speed.cuda_graph and self.fit.input_jitter), "cuda_graph does not combine with input_jitter")
+        require(not (self.speed.cuda_graph and self.fit.input_jitter),
+                "speed.cuda_graph does not combine with fit.input_jitter (the input noise is drawn eagerly)")
         require(self.fit.start == "none" or self.validation.folds == 1,
-                "a classical start is solved on one fit set: it does not combine with held-out folds > 1")
+                f"fit.start {self.fit.start!r} does not combine with validation.folds {self.validation.folds}: "
+                "a classical start is solved on one fit set")
 
     @property
     def steps(self) -> int:

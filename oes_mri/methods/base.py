@@ -143,6 +143,16 @@ class Reconstructor:
         raise NotImplementedError
 
 
+def check_image(image: np.ndarray, method: str, source: str = "") -> None:
+    """A method's final image is finite.
+
+    Raises:
+        RuntimeError: it is not, naming ``source`` (file and slice) and ``method``.
+    """
+    if not np.isfinite(image).all():
+        raise RuntimeError(f"{source + ': ' if source else ''}{method} produced a non-finite image; not written")
+
+
 def json_safe(d: dict) -> dict:
     """``d`` as plain JSON types (tuples as lists, paths and other objects as strings)."""
     import json

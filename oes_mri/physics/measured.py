@@ -77,6 +77,11 @@ def _refuse(source: str, problem: str) -> None:
     raise InputError(source or None, problem)
 
 
+PEAK = (1e-15, 1e15)
+"""The range of the measured k-space's largest magnitude that float32 arithmetic handles: its
+squares and their sums over a slice stay far from overflow (3e38) and underflow (1e-38)."""
+
+
 def check_measurement(kspace: torch.Tensor, smask: SamplingMask, source: str = "") -> None:
     """The gate every entry passes (a file read by the CLI, arrays given to
     :func:`oes_mri.reconstruct`, the deepinv adapter's physics): k-space ``(C, H, W)`` complex,
@@ -96,8 +101,13 @@ def check_measurement(kspace: torch.Tensor, smask: SamplingMask, source: str = "
     if not torch.isfinite(kspace).all():
         where = "measured" if not torch.isfinite(measured).all() else "unmeasured"
         _refuse(source, f"kspace holds NaN or Inf values (at {where} samples)")
-    if not bool(measured.abs().amax() > 0):
+    peak = float(measured.abs().amax())
+    if not peak > 0:
         _refuse(source, "kspace is zero at every measured sample")
+    if not PEAK[0] <= peak <= PEAK[1]:
+        _refuse(source, f"kspace peaks at {peak:.1e}: outside [{PEAK[0]:.0e}, {PEAK[1]:.0e}], where float32 "
+                        "arithmetic (squares and their sums) stays finite and exact enough; multiply the "
+                        "k-space by a constant (every method is scale-free)")
 
 
 def check_maps(maps: torch.Tensor, kspace: torch.Tensor, source: str = "") -> None:
