@@ -116,13 +116,16 @@ def mask_figure(path: Path, mask: np.ndarray, title: str) -> None:
 
 
 def summary_rows(records: list[dict]) -> list[dict]:
-    """Mean over volumes per method: PSNR, SSIM, NMSE, seconds per slice."""
+    """Per method: the mean PSNR, SSIM and NMSE over the volumes that have a target (``scored``
+    of ``volumes``; ``None`` when none has), and seconds per slice over every volume."""
     rows = []
     for m in dict.fromkeys(r["method"] for r in records):
         rs = [r for r in records if r["method"] == m]
-        mean = lambda k: (float(np.mean([r[k] for r in rs])) if all(r[k] is not None for r in rs) else None)  # noqa: E731
-        rows.append({"method": m, "volumes": len(rs), "psnr": mean("psnr"), "ssim": mean("ssim"),
-                     "nmse": mean("nmse"), "s_per_slice": sum(r["seconds"] for r in rs) / max(1, sum(r["slices"] for r in rs))})
+        scored = [r for r in rs if r["psnr"] is not None]
+        mean = lambda k: float(np.mean([r[k] for r in scored])) if scored else None  # noqa: E731
+        rows.append({"method": m, "volumes": len(rs), "scored": len(scored), "psnr": mean("psnr"),
+                     "ssim": mean("ssim"), "nmse": mean("nmse"),
+                     "s_per_slice": sum(r["seconds"] for r in rs) / max(1, sum(r["slices"] for r in rs))})
     return rows
 
 
@@ -130,7 +133,9 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
     """The summary table as text (terminal) or Markdown."""
     f = lambda v, p: "-" if v is None else f"{v:.{p}f}"  # noqa: E731
     head = ["method", "volumes", "PSNR dB", "SSIM", "NMSE", "s/slice"]
-    body = [[r["method"], str(r["volumes"]), f(r["psnr"], 2), f(r["ssim"], 4), f(r["nmse"], 4),
+    count = lambda r: (str(r["volumes"]) if r["scored"] in (0, r["volumes"])  # noqa: E731
+                       else f"{r['volumes']} ({r['scored']} scored)")
+    body = [[r["method"], count(r), f(r["psnr"], 2), f(r["ssim"], 4), f(r["nmse"], 4),
              f(r["s_per_slice"], 1)] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -161,7 +166,7 @@ def write_report(out: Path, records: list[dict], figures: list[str], argv: list[
              "```", "", "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()),
              f"; machine: {platform.machine()}, {platform.system()}", "",
              "Metrics: fastMRI definitions (volume-wise NMSE, PSNR and SSIM with data_range = volume max), "
-             "mean over volumes.", "", format_table(summary_rows(records), markdown=True), "",
+             "mean over the volumes with a target.", "", format_table(summary_rows(records), markdown=True), "",
              "## Per volume", "", "Fast path: how a generator's fit steps ran (``--fast-path``). Stop: why each "
              "slice's fit ended (" + "; ".join(f"{k}: {v}" for k, v in REASONS.items()) + "), slices counted.", "",
              "| file | method | accel | PSNR | SSIM | NMSE | s | fast path | stop |", "|---|---|---|---|---|---|---|---|---|"]
