@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -327,8 +329,31 @@ def dip_config(args: argparse.Namespace):
         raise InputError(None, message) from None
 
 
+TERMINATED = threading.Event()
+"""Set when a SIGTERM arrived (Ray may turn the interrupt into its own ``KeyboardInterrupt``)."""
+
+
+def on_sigterm(signum: int, frame: object) -> None:
+    """SIGTERM ends the run as Ctrl-C does (finished slices kept, the lock released, a line
+    saying how to resume), with exit code 143."""
+    TERMINATED.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The command line; exit code 0, 2 (bad input, one line on stderr), 130 (Ctrl-C) or 143 (SIGTERM)."""
     argv = sys.argv[1:] if argv is None else argv
+    main_thread = threading.current_thread() is threading.main_thread()
+    TERMINATED.clear()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if main_thread else None
+    try:
+        return _main(argv)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if not args.debug:                         # readers' chatter would print before the one-line error
         warnings.filterwarnings("ignore", module=r"(xsdata|twixtools)(\.|$)")
@@ -344,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("interrupted: finished slices are kept; run the same command again to resume", file=sys.stderr)
-        return 130
+        return 143 if TERMINATED.is_set() else 130
     except (FitDiverged, OSError) as err:
         if args.debug:
             raise

@@ -21,7 +21,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Callable
 
@@ -198,6 +200,8 @@ def _init(ray, opts: RayOptions) -> bool:
     check_reachable(opts.address)
     env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     runtime_env = {"env_vars": env} if env else None
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     try:
         if opts.address == "local":
             watch_local_instance()
@@ -207,6 +211,8 @@ def _init(ray, opts: RayOptions) -> bool:
             ray.init(address=opts.address, runtime_env=runtime_env, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise InputError(None, f"--ray {opts.address}: cannot connect to Ray ({str(err).splitlines()[0]})")
+    if main_thread and sigterm is not None:   # ray.init replaces the caller's SIGTERM handler (and Ray's C++
+        signal.signal(signal.SIGTERM, sigterm)  # one prints a stack dump): the caller's stays in charge
     return True
 
 

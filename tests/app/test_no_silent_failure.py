@@ -385,6 +385,36 @@ def _alive(procs: dict[int, str]) -> list[int]:
     return left
 
 
+@pytest.mark.parametrize("ray", [False, True])
+def test_36_16_sigterm_ends_a_run_like_ctrl_c(tiny_file, tmp_path, ray):
+    """Item 16: SIGTERM (serial or ``--ray local``) ends with exit 143 and the line saying how to
+    resume, no traceback and no Ray stack dump."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if ray:
+        pytest.importorskip("ray")
+    extra = ["--ray", "local", "--ray-workers", "1"] if ray else []
+    log = tmp_path / "stderr.txt"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "oes_mri.recon", "--data", str(tiny_file), "--out",
+                                 str(tmp_path / "out"), "--methods", "dip", *TINY[:2], "--steps", "20000",
+                                 "--no-figures", *extra], stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.time() + 120
+        while time.time() < deadline and "to do" not in log.read_text():
+            time.sleep(0.5)
+        time.sleep(2)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+    text = log.read_text()
+    assert rc == 143, text
+    assert text.strip().splitlines()[-1] == ("interrupted: finished slices are kept; run the same command again "
+                                             "to resume"), text
+    assert "Traceback" not in text and "SIGTERM received" not in text
+
+
 def test_08_kill_9_of_a_ray_run_leaves_no_ray_process(tiny_file, tmp_path):
     """kill -9 of the driver: the watchdog ends every process the local Ray instance started."""
     import signal
