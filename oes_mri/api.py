@@ -104,7 +104,9 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
             calibration region.
         recon_size: ``(rH, rW)`` of the output (default ``(H, W)``; fastMRI knee: 320x320, with
             the 2x readout oversampling then removed before the fit).
-        readout: "crop" (remove readout oversampling, as the CLI) or "full".
+        readout: "crop" (remove readout oversampling when ``recon_size`` is smaller than the
+            grid, as the CLI) or "full" (fit the whole grid, as the deepinv adapter by default;
+            the images differ by a few per cent).
         tune: choose the classical methods' lambda by held-out k-space.
         device: where to compute (default: ``kspace``'s device).
         progress: ``progress(step, info)`` of a generator fit.

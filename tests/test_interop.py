@@ -76,3 +76,24 @@ def test_adapter_checks_its_physics_and_y():
     single = deepinv.physics.MRI(mask=masks[:1], img_size=(H, W))
     with pytest.raises(ValueError, match="no coil maps; use deepinv.physics.MultiCoilMRI"):
         zf(y, single)
+
+
+def test_adapter_readout_is_a_setting():
+    """Item 17: the adapter fits the whole grid by default (deepinv's operator) and takes
+    ``readout="crop"`` for the CLI's image; the difference is documented, not silent."""
+    from oes_mri.interop.deepinv import DeepinvReconstructor
+
+    C, H, W, rH = 4, 64, 32, 32
+    img = torch.zeros(H, W, dtype=torch.complex64)
+    img[20:44, 10:22] = 1.0
+    maps = _rand(C, H, W, seed=1) * 0.3 + 1.0
+    mask = fastmri_mask((H, W), 4, seed=2)
+    k = MultiCoilOp(torch.ones(1, W), maps)(img)
+    physics = deepinv.physics.MultiCoilMRI(mask=torch.broadcast_to(mask.mask, (H, W)).clone(), coil_maps=maps)
+    y = physics.A(_real(img))
+    for readout in ("full", "crop"):
+        x_hat = DeepinvReconstructor("sense", recon_size=(rH, W), readout=readout)(y, physics)
+        ref = oes_mri.reconstruct(k, mask, "sense", maps, recon_size=(rH, W), readout=readout).image
+        np.testing.assert_array_equal(x_hat[0, 0].numpy(), ref)
+    with pytest.raises(ValueError, match="readout 'half'"):
+        DeepinvReconstructor("sense", readout="half")
