@@ -15,6 +15,7 @@ from oes_mri.recon import main
 
 ZF = ["--methods", "zf", "--no-figures", "--quiet"]
 TINY = ["--arch", "hourglass-tiny", "--steps", "10", "--prune-steps", "3", "--fast-path", "fp32"]
+GIVEN = ["--arch", "hourglass-tiny", "--steps", "10", "--fast-path", "fp32"]     # TINY for a given pruning mask
 
 
 def _run(capsys, *args) -> tuple[int, str]:
@@ -96,7 +97,7 @@ def test_03_another_pruning_mask_under_the_same_name_is_not_reused(tiny_file, tm
     path = tmp_path / "m.safetensors"
     meta = {"arch": ArchConfig("hourglass-tiny").to_dict()}
     baseline_mask("random", gen, 0.2, seed=0, meta=meta).save(path)
-    args = ["--data", str(tiny_file), "--out", str(tmp_path / "out"), "--methods", "oes", *TINY,
+    args = ["--data", str(tiny_file), "--out", str(tmp_path / "out"), "--methods", "oes", *GIVEN,
             "--pruning-mask", str(path), "--no-figures", "--quiet", "--slices", "0"]
     assert _run(capsys, *args)[0] == 0
     baseline_mask("random", gen, 0.2, seed=1, meta=meta).save(path)          # same name, other mask
@@ -238,7 +239,7 @@ def test_23_wrong_pruning_mask_names_the_flag_and_file(tiny_file, tmp_path, caps
     path = tmp_path / "other.safetensors"
     gen = build_generator(ArchConfig("hourglass", {"channels": [4, 4]}), (32, 36))
     baseline_mask("random", gen, 0.2, seed=0, meta={}).save(path)           # no arch in its metadata
-    rc, err = _run(capsys, "--data", str(tiny_file), "--out", str(tmp_path / "out"), "--methods", "oes", *TINY,
+    rc, err = _run(capsys, "--data", str(tiny_file), "--out", str(tmp_path / "out"), "--methods", "oes", *GIVEN,
                    "--pruning-mask", str(path), "--no-figures", "--quiet")
     assert rc == 2 and "--pruning-mask" in err and str(path) in err and len(err.splitlines()) == 1
 

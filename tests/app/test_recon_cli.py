@@ -16,6 +16,7 @@ from oes_mri.app.storage import RECORD_KEYS
 from oes_mri.recon import main
 
 FAST = ["--arch", "hourglass-tiny", "--steps", "30", "--mask-steps", "10", "--no-figures", "--quiet", "--fast-path", "fp32"]
+GIVEN = ["--arch", "hourglass-tiny", "--steps", "30", "--no-figures", "--quiet", "--fast-path", "fp32"]  # FAST, a given mask
 
 
 def test_end_to_end_outputs(tiny_file, tmp_path, capsys):
@@ -62,7 +63,7 @@ def test_folder_of_volumes_and_transfer(two_volumes, tmp_path):
     mask_file = out / ".checkpoints" / "vol0" / "oes" / "weight_mask.safetensors"
     out2 = tmp_path / "out2"
     assert main(["--data", str(two_volumes / "vol1.h5"), "--out", str(out2), "--methods", "oes",
-                 "--weight-mask", str(mask_file), *FAST]) == 0
+                 "--weight-mask", str(mask_file), *GIVEN]) == 0
     rec = json.loads((out2 / "metrics.json").read_text())[0]
     assert rec["psnr"] is not None and rec["slices"] == 3
 
@@ -149,7 +150,7 @@ def test_bad_files_exit_2(tmp_path, capsys, kind):
         bad = tmp_path / "m.safetensors"
         bad.write_bytes(b"garbage")
         data, extra = sample_path(), ["--weight-mask", str(bad)]
-    assert main(["--data", str(data), "--out", str(tmp_path / "o"), *extra, *FAST]) == 2
+    assert main(["--data", str(data), "--out", str(tmp_path / "o"), *extra, *(GIVEN if extra else FAST)]) == 2
     err = capsys.readouterr().err.strip()
     assert str(data if kind != "unreadable_mask" else extra[1]) in err and len(err.splitlines()) == 1
 
