@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from oes_mri.methods import Reconstruction, Reconstructor, default_methods, make
+from oes_mri.errors import first_line
+from oes_mri.methods import Reconstruction, Reconstructor, UnknownSetting, default_methods, make
 from oes_mri.methods.base import check_image
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.physics.masks import SamplingMask, mask_from_array
@@ -77,7 +78,11 @@ def resolve(method: str | Reconstructor | None, device: torch.device | str, tune
     dip, own = _dip_settings(settings)
     graph = dip.pop("speed.cuda_graph", None)
     cfg = DipConfig().updated(dip).on_device(device, graph)
-    rec = make(default_methods(device, cfg.arch.name)[0] if method is None else method, cfg, tune, **own)
+    try:
+        rec = make(default_methods(device, cfg.arch.name)[0] if method is None else method, cfg, tune, **own)
+    except UnknownSetting as err:
+        raise ValueError(f"{err}; the generator settings: {', '.join(ALIASES)}, 'seed', 'arch' or "
+                         "'section.field' keys of DipConfig") from None
     unused = sorted(k for k in dip if not rec.uses(k))
     if unused:
         raise ValueError(f"method {rec.name!r} does not use the setting(s) {', '.join(unused)}")
@@ -123,6 +128,11 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
     Raises:
         ValueError: an unknown method or setting, or a mask that does not fit the k-space.
     """
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device {device!r}: not a torch device ({first_line(err)[:80]})") from None
     k = _as_tensor(kspace, device)
     if not k.is_complex() or k.ndim != 3:
         raise ValueError(f"kspace must be complex (coils, H, W), got {tuple(k.shape)} {k.dtype}")
@@ -132,6 +142,8 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
                                        and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0
                                                for n in recon_size)):
         raise ValueError(f"recon_size must be a pair of positive ints (rH, rW), got {recon_size!r}")
+    if recon_size is not None and (recon_size[0] > shape[0] or recon_size[1] > shape[1]):
+        raise ValueError(f"recon_size {tuple(recon_size)} is larger than the k-space grid {shape}")
     smask = mask if isinstance(mask, SamplingMask) else _sampling_mask(mask, shape)
     rec = resolve(method, k.device, tune, **settings)
     fixed = bank.unused_with_mask(_dip_settings(settings)[0]) if pruning_mask is not None else []

@@ -215,6 +215,10 @@ def test_api_gates_its_arrays_like_a_file(sample_slice):
         with pytest.raises(InputError, match=match) as err:
             oes_mri.reconstruct(kk, m, "sense", recon_size=rs, **extra)
         assert "\n" not in str(err.value)
+    for extra, match in [({"recon_size": (H + 2, W)}, r"recon_size \(.*\) is larger than the k-space grid"),
+                         ({"device": "tpu"}, "device 'tpu': not a torch device")]:
+        with pytest.raises(ValueError, match=match):
+            oes_mri.reconstruct(k, smask, "sense", **{"recon_size": rs, **extra})
     assert np.isfinite(maps.image).all()
 
 
@@ -235,6 +239,14 @@ def test_settings_a_method_does_not_use_are_refused():
     with pytest.raises(ValueError, match="unknown method ''"):
         resolve("", "cpu")
     assert parse_methods("all,zf") == list(METHODS)
+    with pytest.raises(ValueError, match=r"'zf' does not use the setting\(s\) seed, validation.share"):
+        resolve("zf", "cpu", holdout=0.2, seed=3)
+    with pytest.raises(ValueError, match="lamda: expected float, got str"):
+        resolve("l1", "cpu", lamda="a")
+    with pytest.raises(ValueError, match="iters: expected int, got float"):
+        resolve("l1", "cpu", iters=2.5)
+    with pytest.raises(ValueError, match="'dip' has no setting\\(s\\) stepz; the generator settings: steps"):
+        resolve("dip", "cpu", stepz=2)
     channel = bank.load(bank.names()[0])
     weights = WeightMask({n: torch.ones(1, dtype=torch.bool) for n in ("a",)}, {"method": "oes"})
     with pytest.raises(ValueError, match="weight mask .* does not fit method 'random-channels'"):

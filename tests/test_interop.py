@@ -73,6 +73,8 @@ def test_adapter_checks_its_physics_and_y():
         zf(torch.cat([y, y[:1]]), physics)
     out = zf(y.clone().requires_grad_(True), physics)
     assert out.shape == (2, 1, H, W) and not torch.equal(out[0], out[1])      # each item its own mask
+    with pytest.raises(ValueError, match="as floats, got .* torch.int32"):
+        zf(y.int(), physics)
     single = deepinv.physics.MRI(mask=masks[:1], img_size=(H, W))
     with pytest.raises(ValueError, match="no coil maps; use deepinv.physics.MultiCoilMRI"):
         zf(y, single)

@@ -68,8 +68,9 @@ class DeepinvReconstructor(_DeepinvReconstructor):
 
     def forward(self, y: torch.Tensor, physics: MultiCoilMRI, **kwargs: Any) -> torch.Tensor:
         """``(B, 2, N, H, W)`` k-space -> ``(B, 1, rH, rW)`` magnitude images."""
-        if y.ndim != 5 or y.shape[1] != 2:
-            raise ValueError(f"y must be deepinv's 2-D multi-coil k-space (B, 2, N, H, W), got {tuple(y.shape)}")
+        if y.ndim != 5 or y.shape[1] != 2 or not y.is_floating_point():
+            raise ValueError(f"y must be deepinv's 2-D multi-coil k-space (B, 2, N, H, W), real and imaginary "
+                             f"parts as floats, got {tuple(y.shape)} {y.dtype}")
         y = y.detach()                       # a fit of its own: no gradient flows through the reconstruction
         images = []
         for b in range(y.shape[0]):

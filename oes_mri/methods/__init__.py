@@ -15,6 +15,7 @@ the regularised baselines choose their weight from a grid by it.
 from __future__ import annotations
 
 import logging
+import typing
 from typing import Any, Callable
 
 import torch
@@ -23,13 +24,13 @@ from oes_mri.methods.base import Reconstruction, Reconstructor, Score, final_ima
 from oes_mri.methods.classical import LAMBDA_FACTORS, TV, CGSense, L1Wavelet, Regularised, ZeroFilled
 from oes_mri.methods.untrained import DenseDIP, SparseDIP, Untrained
 from oes_mri.defaults import CHANNEL_ARCHS, DEFAULT_METHODS, FALLBACK_METHOD, device_defaults, generator_kind
-from oes_mri.fit.config import DipConfig
+from oes_mri.fit.config import DipConfig, check_type
 
 log = logging.getLogger("oes_mri")
 
 __all__ = ["CGSense", "DenseDIP", "Untrained", "L1Wavelet", "LAMBDA_FACTORS", "METHODS", "REGISTRY",
            "Reconstruction", "Reconstructor", "Score", "SparseDIP", "TV", "ZeroFilled", "final_image", "make",
-           "default_methods", "parse_methods", "slice_data"]
+           "UnknownSetting", "default_methods", "parse_methods", "slice_data"]
 
 Factory = Callable[[DipConfig, bool], Reconstructor]
 """``factory(dip, tune)``: a method from the shared settings (the generators' ``DipConfig``,
@@ -80,12 +81,20 @@ def make(name: str, dip: DipConfig | None = None, tune: bool = True, **settings:
 
     method = REGISTRY[name](dip or DipConfig(), tune)
     if settings:
-        fields = {f.name for f in dataclasses.fields(method)}
+        fields = {f.name for f in dataclasses.fields(method)} - {"config"}
         unknown = sorted(set(settings) - fields)
         if unknown:
-            raise ValueError(f"method {name!r} has no setting(s) {', '.join(unknown)} (it has {', '.join(sorted(fields))})")
+            raise UnknownSetting(f"method {name!r} has no setting(s) {', '.join(unknown)}"
+                                 + (f" (its own: {', '.join(sorted(fields))})" if fields else ""))
+        hints = typing.get_type_hints(type(method))
+        for key, value in settings.items():
+            check_type(key, value, hints.get(key))
         method = dataclasses.replace(method, **settings)
     return method
+
+
+class UnknownSetting(ValueError):
+    """A setting that the method does not have (:func:`make`)."""
 
 
 def parse_methods(spec: str) -> list[str]:

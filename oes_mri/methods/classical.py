@@ -43,6 +43,10 @@ class ZeroFilled(Reconstructor):
     name: ClassVar[str] = "zf"
     title: ClassVar[str] = "zero-filled"
 
+    def uses(self, key: str) -> bool:
+        """No shared setting changes a zero-filled image."""
+        return False
+
     def _one(self, x: SliceData) -> Reconstruction:
         return _result(x, classical.zero_filled(x.kspace, _op(x)), {})
 
