@@ -61,6 +61,16 @@ def phantom_image(n: int = 32, seed: int = 0) -> np.ndarray:
     return img
 
 
+@pytest.fixture
+def vmapped(monkeypatch):
+    """Several fits of a batch run as one vmapped network on the CPU too (by default only on
+    CUDA, :data:`oes_mri.fit.jobs.BATCHED_DEVICES`): the tests that compare the batched path
+    with single fits need it taken."""
+    from oes_mri.fit import jobs
+
+    monkeypatch.setattr(jobs, "BATCHED_DEVICES", ("cuda", "cpu"))
+
+
 @pytest.fixture(scope="session")
 def tiny_file(tmp_path_factory) -> Path:
     """A 2-slice, 4-coil simulated fastMRI file, recon 32x32 (k-space 64x36)."""

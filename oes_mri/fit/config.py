@@ -143,8 +143,9 @@ class ValidationConfig:
             steps (exponential, weight ``1/smoothing``; 1 = the raw error).
         fallback_steps: step budget when the held-out set is uninformative (``None``: the
             step cap, the fixed budget a fit without hold-out would run).
-        folds: K fits on K different splits (seeds), their images averaged (K > 1 fits
-            them as one batch).
+        folds: K fits of one generator init on K disjoint held-out sets (while K x share <= 1),
+            each stopped by its own, their images averaged (one batch on CUDA, one after
+            another on the CPU).
     """
 
     share: float = 0.1
@@ -174,13 +175,14 @@ class ValidationConfig:
         return self.share > 0
 
     def split(self, mask: torch.Tensor, shape: tuple[int, int], seed: int, fold: int = 0) -> KspaceSplit:
-        """The held-out split of fold ``fold`` (seeded by ``seed`` and the fold).
+        """The held-out split of fold ``fold``: block ``fold`` of the seed's permutation of the
+        candidates (:func:`~oes_mri.physics.holdout.split_mask`; folds disjoint while K x share <= 1).
 
         Raises:
             NothingToHoldOut: every measured sample is calibration (e.g. a fully sampled scan).
         """
         kind = self.shape if mask.shape[0] == 1 else "points"
-        return split_mask(mask, shape, self.share, kind, seed=1_000_003 * fold + seed)
+        return split_mask(mask, shape, self.share, kind, seed=seed, fold=fold)
 
     def usable(self, mask: torch.Tensor, shape: tuple[int, int], source: str = "") -> bool:
         """Samples can be held out under ``mask``; if not (every measured sample is calibration,

@@ -332,13 +332,20 @@ def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_ma
     return [average_folds(outs[i * K:(i + 1) * K]) for i in range(len(slices))]
 
 
+BATCHED_DEVICES = ("cuda",)
+"""Devices on which several fits run as one vmapped network. On the CPU they run one after
+another: there the batch gained nothing for the full hourglass (0.94x, ``docs/findings.md``)
+and made each step of the quarter-channel default 1.37-1.52x slower per generator (grouped
+convolutions of a few channels; ``benchmarks/results/profile/step_profile.md``)."""
+
+
 def _fit_jobs(jobs: list[Job], cfg: DipConfig, progress: Callable[[int, dict], None] | None) -> list[DipOutput]:
-    """Fit the jobs as one batch (or one at a time when the settings are not batched, or after
-    a divergence)."""
+    """Fit the jobs as one batch on a device of :data:`BATCHED_DEVICES` (else, when the
+    settings are not batched, or after a divergence, one at a time)."""
     def one_at_a_time(js: list[Job]) -> list[DipOutput]:
         return [_fit_one(j, cfg, progress) for j in js]
 
-    if not cfg.batched or len(jobs) == 1:
+    if not cfg.batched or len(jobs) == 1 or jobs[0].x.kspace.device.type not in BATCHED_DEVICES:
         return one_at_a_time(jobs)
     sts = [setup_fit(j.x, cfg, _init_seed(cfg, j.weight_mask), j.weight_mask, j.fold, j.init, j.start) for j in jobs]
     t1 = time.perf_counter()

@@ -42,16 +42,18 @@ class KspaceSplit(NamedTuple):
     val: torch.Tensor
 
 
-def _pick(candidates: torch.Tensor, share: float, seed: int) -> torch.Tensor:
-    """``round(share * n)`` (at least 1) of the ``n`` flat ``candidates`` indices, seeded."""
+def _pick(candidates: torch.Tensor, share: float, seed: int, fold: int = 0) -> torch.Tensor:
+    """``k = round(share * n)`` (at least 1) of the ``n`` flat ``candidates`` indices: block
+    ``fold`` of one seeded permutation (``order[fold k : (fold + 1) k]``, wrapping past ``n``),
+    so that folds 0, 1, ... hold out disjoint samples while ``(fold + 1) k <= n``."""
     n = candidates.numel()
     k = max(1, int(round(share * n)))
     order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-    return candidates[order[:k]]
+    return candidates[order[(torch.arange(k) + fold * k) % n]]
 
 
 def split_mask(mask: torch.Tensor, shape: tuple[int, int], share: float, kind: str = "points", seed: int = 0,
-               acs: tuple[slice, slice] | None = None) -> KspaceSplit:
+               acs: tuple[slice, slice] | None = None, fold: int = 0) -> KspaceSplit:
     """Hold out ``share`` of the measured non-ACS samples of ``mask``.
 
     Args:
@@ -61,6 +63,8 @@ def split_mask(mask: torch.Tensor, shape: tuple[int, int], share: float, kind: s
         kind: ``"points"`` or ``"lines"`` (see the module docstring).
         seed: seed of the choice (same seed, same split).
         acs: the calibration region ``(rows, cols)``; found from the mask when ``None``.
+        fold: which block of the seed's permutation is held out: folds of one seed are
+            disjoint (K-fold averaging) as long as ``K * share <= 1``.
 
     Returns:
         :class:`KspaceSplit` on the mask's device; ``fit`` keeps every ACS sample.
@@ -90,7 +94,7 @@ def split_mask(mask: torch.Tensor, shape: tuple[int, int], share: float, kind: s
     if candidates.numel() == 0:
         raise NothingToHoldOut("no measured sample outside the calibration region to hold out")
     val = torch.zeros(flat.numel(), dtype=torch.bool)
-    val[_pick(candidates, share, seed)] = True
+    val[_pick(candidates, share, seed, fold)] = True
     val = val.reshape(out_shape)
     fit = measured.expand(out_shape) & ~val
     return KspaceSplit(fit.float().to(mask.device), val.float().to(mask.device))

@@ -201,7 +201,7 @@ def test_evaluate_cli_matches_metrics_json(tiny_file, tmp_path, capsys):
     assert eval_main(["--target", str(tmp_path / "none"), "--pred", str(out / "zf")]) == 2
 
 
-def test_batched_slices_match_one_at_a_time(tiny_file, tmp_path):
+def test_batched_slices_match_one_at_a_time(tiny_file, tmp_path, vmapped):
     """--batch-slices 2 reaches the batched fit and gives the same images up to rounding.
     Adam amplifies rounding with every step (30 steps: 2e-3 apart on this CPU, more on
     others), so the CLI runs 5 steps, measured 7e-6 apart, against a bound of 1e-3; the exact

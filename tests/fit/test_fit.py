@@ -51,7 +51,7 @@ def float64():
 
 
 @pytest.mark.parametrize("pruning,schedule", [("dense", "constant"), ("oes", "constant"), ("dense", "cosine")])
-def test_batched_fit_equals_one_at_a_time(pruning, schedule, float64):
+def test_batched_fit_equals_one_at_a_time(pruning, schedule, float64, vmapped):
     xs = [float64(x) for x in _slices(3)]
     cfg = CFG.updated({"pruning.method": pruning, "fit.lr_schedule": schedule})
     def monitor(coil_images):
@@ -388,3 +388,27 @@ def test_one_fit_function_refuses_single_fit_options_in_a_batch():
         fit_batch([s.gen for s in sts], [s.problem.loss for s in sts], 2, input_jitter=0.1)
     one = fit_batch([sts[0].gen], [sts[0].problem.loss], 2, input_jitter=0.1)        # a batch of one: fine
     assert len(one) == 1 and one[0].steps == 2
+
+
+def test_a_batch_on_the_cpu_runs_one_fit_after_another(monkeypatch):
+    """On the CPU the fits of a batch (slices, held-out folds) run one at a time: vmapped, the
+    default quarter-channel generator's step was 1.37-1.52x slower per fit (step_profile.md)."""
+    from oes_mri.fit import engine, jobs
+
+    sizes = []
+    real = engine.fit_batch
+
+    def spy(gens, *args, **kwargs):
+        sizes.append(len(gens))
+        return real(gens, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "fit_batch", spy)
+    monkeypatch.setattr(jobs, "fit_batch", spy)
+    xs = _slices(2)
+    cfg = DipConfig(arch=ArchConfig("hourglass-tiny")).updated({"pruning.method": "dense", "fit.steps": 3,
+                                                                  "validation.share": 0.0})
+    reconstruct_dip_batch(xs, cfg)
+    assert sizes == [1, 1]
+    monkeypatch.setattr(jobs, "BATCHED_DEVICES", ("cuda", "cpu"))
+    reconstruct_dip_batch(xs, cfg)
+    assert sizes[2:] == [2]

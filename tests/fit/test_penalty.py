@@ -64,7 +64,7 @@ def test_penalty_makes_the_image_sparser():
     assert ratio[1] < 0.8 * ratio[0]
 
 
-def test_batched_penalised_fit_equals_one_at_a_time(float64):  # noqa: F811
+def test_batched_penalised_fit_equals_one_at_a_time(float64, vmapped):  # noqa: F811
     """The penalty reaches the batched loop: batched slices follow their one-slice fits (float64)."""
     xs = [float64(x) for x in _slices(2)]
     cfg = TINY.updated({"fit.penalty": 0.01, "fit.steps": 12, "fit.log_every": 4,
