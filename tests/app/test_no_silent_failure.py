@@ -211,6 +211,18 @@ def test_36_12_a_file_the_cli_cannot_use_exits_2_naming_it(tiny_file, tmp_path, 
     assert not list((tmp_path / "out").glob("*/bad.h5"))
 
 
+def test_36_14_changing_only_the_slices_or_the_methods_order_resumes(tiny_file, tmp_path, capsys):
+    """Item 14: another --slices selection or another order of --methods is the same run's
+    settings: it resumes and extends, no 'outputs made with other settings' error."""
+    out = str(tmp_path / "out")
+    base = ["--data", str(tiny_file), "--out", out, "--no-figures", "--quiet"]
+    assert _run(capsys, *base, "--methods", "zf,sense", "--slices", "0")[0] == 0
+    rc, err = _run(capsys, *base, "--methods", "sense,zf", "--slices", "0:2")
+    assert rc == 0, err
+    with h5py.File(tmp_path / "out" / "sense" / tiny_file.name) as f:
+        assert f["reconstruction"].shape[0] == 2
+
+
 def test_36_4_metric_records_follow_the_output_files(tiny_file, tmp_path, capsys, monkeypatch):
     """One record per output file, whatever spelling of the input made it; a record whose
     output is gone is dropped (issue 36, item 4)."""
