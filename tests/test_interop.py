@@ -20,6 +20,18 @@ def _real(z: torch.Tensor) -> torch.Tensor:
     return torch.stack([z.real, z.imag])[None]
 
 
+def _scan(H: int, W: int, C: int = 4):
+    """A 4-coil scan of a box: fully sampled k-space, its fastMRI mask (4x), maps, deepinv's
+    physics with them and its measured ``y``."""
+    img = torch.zeros(H, W, dtype=torch.complex64)
+    img[H // 4:3 * H // 4, 10:22] = 1.0
+    maps = _rand(C, H, W, seed=1) * 0.3 + 1.0
+    mask = fastmri_mask((H, W), 4, seed=2)
+    k = MultiCoilOp(torch.ones(1, W), maps)(img)
+    physics = deepinv.physics.MultiCoilMRI(mask=torch.broadcast_to(mask.mask, (H, W)).clone(), coil_maps=maps)
+    return k, mask, maps, physics, physics.A(_real(img))
+
+
 @pytest.mark.parametrize("kind", ["columns", "poisson"])
 def test_operator_equals_deepinv(kind):
     """Forward and adjoint of MultiCoilOp equal deepinv's MultiCoilMRI on the same mask and maps."""
@@ -38,14 +50,8 @@ def test_operator_equals_deepinv(kind):
 def test_adapter_returns_the_toolkits_image(method, settings):
     from oes_mri.interop.deepinv import DeepinvReconstructor
 
-    C, H, W = 4, 32, 32
-    img = torch.zeros(H, W, dtype=torch.complex64)
-    img[8:24, 10:22] = 1.0
-    maps = _rand(C, H, W, seed=1) * 0.3 + 1.0
-    mask = fastmri_mask((H, W), 4, seed=2)
-    k = MultiCoilOp(torch.ones(1, W), maps)(img)
-    physics = deepinv.physics.MultiCoilMRI(mask=torch.broadcast_to(mask.mask, (H, W)).clone(), coil_maps=maps)
-    y = physics.A(_real(img))
+    H, W = 32, 32
+    k, mask, maps, physics, y = _scan(H, W)
     model = DeepinvReconstructor(method, **settings)
     assert isinstance(model, deepinv.models.Reconstructor)
     x_hat = model(y, physics)
@@ -85,14 +91,8 @@ def test_adapter_readout_is_a_setting():
     ``readout="crop"`` for the CLI's image; the difference is documented, not silent."""
     from oes_mri.interop.deepinv import DeepinvReconstructor
 
-    C, H, W, rH = 4, 64, 32, 32
-    img = torch.zeros(H, W, dtype=torch.complex64)
-    img[20:44, 10:22] = 1.0
-    maps = _rand(C, H, W, seed=1) * 0.3 + 1.0
-    mask = fastmri_mask((H, W), 4, seed=2)
-    k = MultiCoilOp(torch.ones(1, W), maps)(img)
-    physics = deepinv.physics.MultiCoilMRI(mask=torch.broadcast_to(mask.mask, (H, W)).clone(), coil_maps=maps)
-    y = physics.A(_real(img))
+    H, W, rH = 64, 32, 32
+    k, mask, maps, physics, y = _scan(H, W)
     for readout in ("full", "crop"):
         x_hat = DeepinvReconstructor("sense", recon_size=(rH, W), readout=readout)(y, physics)
         ref = oes_mri.reconstruct(k, mask, "sense", maps, recon_size=(rH, W), readout=readout).image
