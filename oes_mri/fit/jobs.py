@@ -335,7 +335,7 @@ def reconstruct_dip_batch(slices: Sequence[SliceData], cfg: DipConfig, weight_ma
 BATCHED_DEVICES = ("cuda",)
 """Devices on which several fits run as one vmapped network. On the CPU they run one after
 another: there the batch gained nothing for the full hourglass (0.94x, ``docs/findings.md``)
-and made each step of the quarter-channel default 1.37-1.52x slower per generator (grouped
+and made each step of the quarter-channel default 1.21-1.52x slower per generator (grouped
 convolutions of a few channels; ``benchmarks/results/profile/step_profile.md``)."""
 
 

@@ -392,7 +392,7 @@ def test_one_fit_function_refuses_single_fit_options_in_a_batch():
 
 def test_a_batch_on_the_cpu_runs_one_fit_after_another(monkeypatch):
     """On the CPU the fits of a batch (slices, held-out folds) run one at a time: vmapped, the
-    default quarter-channel generator's step was 1.37-1.52x slower per fit (step_profile.md)."""
+    default quarter-channel generator's step was 1.21-1.52x slower per fit (step_profile.md)."""
     from oes_mri.fit import engine, jobs
 
     sizes = []
