@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import Rows, default_files, prepare, run_method, score  # noqa: E402
+from time_to_quality import run_classical  # noqa: E402
 
 from oes_mri.atomic import atomic_write_bytes  # noqa: E402
 from oes_mri.fit.config import DipConfig  # noqa: E402
@@ -47,14 +48,10 @@ def classical(rows: Rows, case, name: str) -> dict:
     """Held-out-tuned ``name`` on ``case``: run twice, the second timed."""
     key = f"classical|{case.name}|{case.accel_nominal:g}|{name}"
     if rows.get(key) is None:
-        run_method(name, case.x)
-        t = time.perf_counter()
-        res = run_method(name, case.x)
-        seconds = time.perf_counter() - t
-        _, psnr, ssim = score(case, res.image)
+        r = run_classical(case, name)
         rows.add({"key": key, "data": case.name, "accel": case.accel, "accel_nominal": case.accel_nominal,
-                  "method": name, "psnr": psnr, "ssim": ssim, "seconds": round(seconds, 2),
-                  "lambda": res.history.get("lambda")})
+                  "method": name, "psnr": r["psnr"], "ssim": r["ssim"], "seconds": round(r["seconds"], 2),
+                  "lambda": r["lambda"]})
     return rows.get(key)
 
 

@@ -22,7 +22,6 @@ import torch
 
 from oes_mri.errors import first_line
 from oes_mri.methods import Reconstruction, Reconstructor, UnknownSetting, default_methods, make
-from oes_mri.methods.base import check_image
 from oes_mri.nets.generator import ArchConfig
 from oes_mri.physics.masks import SamplingMask, mask_from_array
 from oes_mri.physics.operator import MultiCoilOp
@@ -142,8 +141,6 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
                                        and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) and n > 0
                                                for n in recon_size)):
         raise ValueError(f"recon_size must be a pair of positive ints (rH, rW), got {recon_size!r}")
-    if recon_size is not None and (recon_size[0] > shape[0] or recon_size[1] > shape[1]):
-        raise ValueError(f"recon_size {tuple(recon_size)} is larger than the k-space grid {shape}")
     smask = mask if isinstance(mask, SamplingMask) else _sampling_mask(mask, shape)
     rec = resolve(method, k.device, tune, **settings)
     fixed = bank.unused_with_mask(_dip_settings(settings)[0]) if pruning_mask is not None else []
@@ -153,9 +150,7 @@ def reconstruct(kspace: np.ndarray | torch.Tensor, mask: SamplingMask | np.ndarr
     given = None if maps is None else _as_tensor(maps, k.device).to(torch.complex64)
     x = measure(k, smask, tuple(recon_size or shape), readout, given)
     wm = pruning_mask if pruning_mask is None or isinstance(pruning_mask, WeightMask) else bank.load_file(pruning_mask)
-    out = rec.reconstruct(x.kspace, MultiCoilOp(x.mask, x.maps, x.recon_size), progress=progress, weight_mask=wm)
-    check_image(out.image, rec.name)
-    return out
+    return rec.reconstruct(x.kspace, MultiCoilOp(x.mask, x.maps, x.recon_size), progress=progress, weight_mask=wm)
 
 
 __all__ = ["reconstruct", "resolve"]

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from oes_mri.app import report
-from oes_mri.app.storage import output_stem
-from oes_mri.app.storage import load_checkpoint
+from oes_mri.app.storage import load_checkpoint, output_stem
 from oes_mri.methods import ZeroFilled
 from oes_mri.physics.combine import zero_filled_rss
 

@@ -118,9 +118,14 @@ class Reconstructor:
                 method never sees a target).
             source: file and slice, for logs and mask metadata.
             weight_mask: a pruning mask to use instead of learning one (:attr:`volume_mask`).
+
+        Raises:
+            RuntimeError: the image is not finite (:func:`check_image`).
         """
-        return self.reconstruct_batch([slice_data(y, physics, source)], weight_mask=weight_mask,
-                                      progress=progress, scores=[score], inits=[init])[0]
+        out = self.reconstruct_batch([slice_data(y, physics, source)], weight_mask=weight_mask,
+                                     progress=progress, scores=[score], inits=[init])[0]
+        check_image(out.image, self.name, source)
+        return out
 
     def reconstruct_batch(self, xs: Sequence[SliceData], *, weight_mask: WeightMask | None = None,
                           progress: Progress | None = None, scores: Sequence[Score | None] | None = None,

@@ -56,6 +56,8 @@ def measure(kspace: torch.Tensor, smask: SamplingMask, recon_size: tuple[int, in
         raise ValueError(f"readout {readout!r}: expected one of {', '.join(READOUTS)}")
     rows = recon_size[0]
     check_measurement(kspace, smask, source)
+    if recon_size[0] > kspace.shape[-2] or recon_size[1] > kspace.shape[-1]:
+        _refuse(source, f"recon_size {tuple(recon_size)} is larger than the k-space grid {tuple(kspace.shape[-2:])}")
     crop = readout == "crop" and smask.mask.shape[0] == 1 and kspace.shape[-2] > rows
     mask = smask.mask.to(kspace.device)
     y = kspace * mask + 0.0

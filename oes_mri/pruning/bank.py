@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Iterable
 from pathlib import Path
+from typing import Iterable
 
 import torch
 
